@@ -1,0 +1,37 @@
+# Two commands a newcomer needs (see README.md):
+#   make demo   set up .venv, then run stages 2 -> 4 on the shipped example
+#   make test   set up .venv with the test tools, then lint and run the test suite
+# Both create a local virtual environment (.venv) from the pinned requirements
+# on first use and reuse it afterwards.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+
+.PHONY: demo test lint clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.runtime-installed: requirements.txt | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.runtime-installed
+	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+demo: $(VENV)/.runtime-installed
+	cd myproject && ../$(BIN)/python Run_Example.py
+
+lint: $(VENV)/.dev-installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+test: lint
+	$(BIN)/python -m pytest
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,188 @@
+"""Names, folders and file-name conventions every stage agrees on.
+
+This module is the single place where the class order, the projections and the
+dataset layout of the reference tutorial are written down::
+
+    <data_root>/TrainingSet/<PROJ>/train/<CLASS>/<subject>_<CLASS>_<PROJ>.png
+    <data_root>/ValidationSet/<PROJ>/validation/<CLASS>/...
+    <test_root>/<PROJ>/test/<CLASS>/...          (test_root is usually TestSet)
+    <models_root>/<PROJ>_model/                   (checkpoints, history, logs)
+"""
+
+from __future__ import annotations
+
+import re
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+# BI-RADS density classes; the index in this tuple is the class index (0..3)
+# used by every model output, prediction file and metric.
+CLASSES = ("A", "B", "C", "D")
+CLASS_DESCRIPTIONS = {
+    "A": "almost entirely fatty",
+    "B": "scattered fibroglandular densities",
+    "C": "heterogeneously dense",
+    "D": "extremely dense",
+}
+NUM_CLASSES = len(CLASSES)
+
+# Mammographic projections (views): craniocaudal and mediolateral oblique,
+# right and left breast. The short names are those of the prediction files.
+PROJECTIONS = ("CC_R", "CC_L", "MLO_R", "MLO_L")
+SHORT_NAMES = {"CC_R": "ccr", "CC_L": "ccl", "MLO_R": "mlor", "MLO_L": "mlol"}
+SIDES = {"right": ("CC_R", "MLO_R"), "left": ("CC_L", "MLO_L")}
+
+# Split name -> (top folder, inner folder), exactly as in the reference.
+SPLIT_FOLDERS = {
+    "train": ("TrainingSet", "train"),
+    "validation": ("ValidationSet", "validation"),
+    "test": ("TestSet", "test"),
+}
+
+# Extensions the loaders accept (those Keras' old directory iterator accepted).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
+
+_IMAGE_NAME = re.compile(
+    r"^(?P<subject>.+)_(?P<label>[ABCD])_(?P<projection>CC_R|CC_L|MLO_R|MLO_L)$"
+)
+
+
+class DatasetError(ValueError):
+    """A dataset folder or file is missing, empty or malformed."""
+
+
+class DataWarning(UserWarning):
+    """Something in a dataset folder was ignored; the message says what."""
+
+
+@dataclass(frozen=True)
+class ImageName:
+    """What a file name says: ``124_1_A_CC_L.png`` -> subject 124_1, A, CC_L.
+
+    ``label`` and ``projection`` are None when the name does not follow the
+    convention; ``subject`` is then the file stem, which cannot be matched
+    across projections.
+    """
+
+    subject: str
+    label: str | None
+    projection: str | None
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    """One image of a split folder, with the class given by its folder."""
+
+    path: Path
+    label: str  # class folder name, one of CLASSES
+    subject: str
+
+    @property
+    def label_index(self) -> int:
+        return CLASSES.index(self.label)
+
+
+def parse_image_name(file_name: str | Path) -> ImageName:
+    """Split ``<subject>_<CLASS>_<PROJ>.<ext>`` into its parts."""
+    stem = Path(file_name).stem
+    match = _IMAGE_NAME.match(stem)
+    if match is None:
+        return ImageName(subject=stem, label=None, projection=None)
+    return ImageName(**match.groupdict())
+
+
+def image_file_name(subject: str, label: str, projection: str) -> str:
+    """The conventional file name, e.g. ``image_file_name('124_1','A','CC_L')``."""
+    if label not in CLASSES or projection not in PROJECTIONS:
+        raise ValueError(f"unknown class {label!r} or projection {projection!r}")
+    return f"{subject}_{label}_{projection}.png"
+
+
+def split_dir(data_root: str | Path, split: str, projection: str) -> Path:
+    """``<data_root>/TrainingSet/<PROJ>/train`` and friends."""
+    top, inner = SPLIT_FOLDERS[split]
+    return Path(data_root) / top / projection / inner
+
+
+def test_dir(test_root: str | Path, projection: str) -> Path:
+    """``<test_root>/<PROJ>/test``; test_root is usually ``TestSet``."""
+    return Path(test_root) / projection / SPLIT_FOLDERS["test"][1]
+
+
+def model_dir(models_root: str | Path, projection: str) -> Path:
+    """``<models_root>/<PROJ>_model``."""
+    return Path(models_root) / f"{projection}_model"
+
+
+def check_projection(projection: str) -> str:
+    if projection not in PROJECTIONS:
+        raise ValueError(
+            f"unknown projection {projection!r}; expected one of {', '.join(PROJECTIONS)}"
+        )
+    return projection
+
+
+def is_image_file(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_SUFFIXES
+
+
+def list_class_images(folder: str | Path, *, what: str = "split") -> list[ImageRecord]:
+    """List the images of ``folder/<CLASS>/`` in the reference order.
+
+    Order: class folder A, B, C, D (whatever exists), then file name sorted.
+    Missing or empty class folders give a warning; hidden and non-image files
+    are ignored with a warning; a sub-folder that is not a class, or a folder
+    with no image at all, is an error (nothing is silently dropped).
+
+    Args:
+        folder: a split folder such as ``TestSet/CC_R/test``.
+        what: how to call the folder in messages (``"training split"`` ...).
+
+    Returns:
+        One ImageRecord per image.
+
+    Raises:
+        DatasetError: the folder is missing, has unknown sub-folders, or holds no image.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(
+            f"{what} folder {folder} does not exist; expected class folders "
+            f"{'/'.join(CLASSES)} inside it"
+        )
+    unexpected = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            warnings.warn(f"ignoring hidden entry {entry}", DataWarning, stacklevel=2)
+        elif entry.is_dir() and entry.name not in CLASSES:
+            unexpected.append(entry.name)
+        elif entry.is_file():
+            warnings.warn(
+                f"ignoring {entry}: files must be inside a class folder {'/'.join(CLASSES)}",
+                DataWarning,
+                stacklevel=2,
+            )
+    if unexpected:
+        raise DatasetError(
+            f"{folder} has sub-folders that are not classes: {', '.join(unexpected)}; "
+            f"class folders must be named exactly {', '.join(CLASSES)}"
+        )
+    records: list[ImageRecord] = []
+    for label in CLASSES:
+        class_folder = folder / label
+        if not class_folder.is_dir():
+            warnings.warn(f"class folder {class_folder} is missing", DataWarning, stacklevel=2)
+            continue
+        found = 0
+        for path in sorted(class_folder.iterdir()):
+            if path.name.startswith(".") or not path.is_file() or not is_image_file(path):
+                warnings.warn(f"ignoring non-image entry {path}", DataWarning, stacklevel=2)
+                continue
+            records.append(ImageRecord(path, label, parse_image_name(path).subject))
+            found += 1
+        if found == 0:
+            warnings.warn(f"class folder {class_folder} has no image", DataWarning, stacklevel=2)
+    if not records:
+        raise DatasetError(f"{what} folder {folder} holds no image in {'/'.join(CLASSES)}")
+    return records

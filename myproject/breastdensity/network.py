@@ -1,0 +1,106 @@
+"""The residual CNN of the reference tutorial, in Keras 3.
+
+Architecture (41 Conv2D layers, 2,262,660 parameters at 650x650x3)::
+
+    input (H, W, 3)
+    conv 3x3/2, 64 -> BN -> LeakyReLU(0.3) -> maxpool 3x3/2        (H/4, W/4, 64)
+    stage 1: 3 bottleneck modules, inner  64, out 128, stride 1    (H/4,  W/4,  128)
+    stage 2: 3 bottleneck modules, inner 128, out 256, stride 2    (H/8,  W/8,  256)
+    stage 3: 3 bottleneck modules, inner 128, out 256, stride 2    (H/16, W/16, 256)
+    stage 4: 3 bottleneck modules, inner 128, out 256, stride 2    (H/32, W/32, 256)
+                                        ^ output named LAST_RESIDUAL_LAYER (Grad-CAM target)
+    dropout 0.2 -> global average pooling -> dense 4, softmax
+
+A bottleneck module is 1x1 (inner) -> 3x3 (inner, stride) -> 1x1 (out), each
+followed by batch normalization and, but for the last, LeakyReLU; the shortcut
+is the identity, or a strided 1x1 convolution + BN on the first module of a
+stage ("projection shortcut"); the sum goes through LeakyReLU.
+
+Layers are named ``stage{s}_module{m}_{part}``; the output of the last module
+(``LAST_RESIDUAL_LAYER``) is what Grad-CAM targets: the reference notebook had
+to guess it as ``add_12``; ``model.get_layer(LAST_RESIDUAL_LAYER)`` finds it.
+"""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+# (inner channels, output channels, stride of the first module) per stage.
+STAGES = ((64, 128, 1), (128, 256, 2), (128, 256, 2), (128, 256, 2))
+MODULES_PER_STAGE = 3
+LEAKY_SLOPE = 0.3  # Keras' LeakyReLU default, as the reference used it
+DROPOUT_RATE = 0.2
+MIN_IMAGE_SIZE = 64  # five stride-2 steps leave a 2x2 map at 64 px
+LAST_RESIDUAL_LAYER = f"stage{len(STAGES)}_module{MODULES_PER_STAGE}_out"
+OUTPUT_LAYER = "predictions"
+
+
+def _bottleneck(x, inner: int, out: int, stride: int, project: bool, cardinality: int, name: str):
+    shortcut = x
+    y = layers.Conv2D(inner, 1, name=f"{name}_conv1")(x)
+    y = layers.BatchNormalization(name=f"{name}_bn1")(y)
+    y = layers.LeakyReLU(LEAKY_SLOPE, name=f"{name}_relu1")(y)
+    # ResNeXt-style grouped convolution when cardinality > 1 (groups=, no Lambda).
+    y = layers.Conv2D(
+        inner, 3, strides=stride, padding="same", groups=cardinality, name=f"{name}_conv2"
+    )(y)
+    y = layers.BatchNormalization(name=f"{name}_bn2")(y)
+    y = layers.LeakyReLU(LEAKY_SLOPE, name=f"{name}_relu2")(y)
+    y = layers.Conv2D(out, 1, name=f"{name}_conv3")(y)
+    y = layers.BatchNormalization(name=f"{name}_bn3")(y)
+    if project:
+        shortcut = layers.Conv2D(out, 1, strides=stride, name=f"{name}_shortcut_conv")(x)
+        shortcut = layers.BatchNormalization(name=f"{name}_shortcut_bn")(shortcut)
+    y = layers.Add(name=f"{name}_add")([y, shortcut])
+    return layers.LeakyReLU(LEAKY_SLOPE, name=f"{name}_out")(y)
+
+
+def build_resnet(
+    image_size: int | tuple[int, int] = 650,
+    num_classes: int = 4,
+    cardinality: int = 1,
+    channels: int = 3,
+) -> keras.Model:
+    """Build the (uncompiled) density classifier.
+
+    Args:
+        image_size: side of the square input, or (height, width); at least 64.
+        num_classes: outputs of the softmax head (4 BI-RADS classes).
+        cardinality: groups of the 3x3 convolutions (1 = the reference ResNet;
+            must divide 64 and 128).
+        channels: input channels (3: the gray image repeated, as the reference).
+
+    Returns:
+        A keras.Model with input (None, H, W, channels) and softmax output (None, num_classes).
+    """
+    height, width = (image_size, image_size) if isinstance(image_size, int) else image_size
+    if min(height, width) < MIN_IMAGE_SIZE:
+        raise ValueError(
+            f"input size {height}x{width} is too small: the network needs at least "
+            f"{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} pixels"
+        )
+    if any(inner % cardinality for inner, _, _ in STAGES):
+        raise ValueError(f"cardinality {cardinality} must divide 64 and 128")
+    inputs = keras.Input((height, width, channels), name="image")
+    x = layers.Conv2D(64, 3, strides=2, padding="same", name="input_conv")(inputs)
+    x = layers.BatchNormalization(name="input_bn")(x)
+    x = layers.LeakyReLU(LEAKY_SLOPE, name="input_relu")(x)
+    x = layers.MaxPooling2D(3, strides=2, padding="same", name="input_pool")(x)
+    for stage, (inner, out, stride) in enumerate(STAGES, start=1):
+        for module in range(1, MODULES_PER_STAGE + 1):
+            first = module == 1
+            x = _bottleneck(
+                x,
+                inner,
+                out,
+                stride=stride if first else 1,
+                project=first,
+                cardinality=cardinality,
+                name=f"stage{stage}_module{module}",
+            )
+    x = layers.Dropout(DROPOUT_RATE, name="dropout")(x)
+    x = layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    # float32 output even under a mixed-precision policy (stable softmax).
+    outputs = layers.Dense(num_classes, activation="softmax", dtype="float32", name=OUTPUT_LAYER)(x)
+    return keras.Model(inputs, outputs, name="breast_density_resnet")
