@@ -25,6 +25,11 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     )
     os.close(handle)
     temporary = Path(temporary)
+    # mkstemp creates the file readable by its owner only; give it the usual
+    # permissions (0666 minus the umask) that a plain open() would have.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
     try:
         yield temporary
         with open(temporary, "rb+") as stream:

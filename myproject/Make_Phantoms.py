@@ -1,0 +1,110 @@
+"""Generate synthetic mammography phantoms with dense-tissue masks.
+
+The reference tutorial trained on a private dataset; this script makes a
+dataset anyone can use, in the same folder layout, labelled with BI-RADS
+density classes A-D and with a ground-truth mask of the dense tissue for every
+image (so Grad-CAM maps can be scored against it).
+
+Example (about 30 s on 2 cores)::
+
+    python Make_Phantoms.py --out ../data/phantoms --subjects 40 10 10 --size 650 520 --seed 1
+
+writes ``../data/phantoms/TrainingSet/<PROJ>/train/<CLASS>/<subject>_<CLASS>_<PROJ>.png``
+(and ValidationSet/, TestSet/), the masks in a parallel tree under
+``DenseMasks/`` (255 = dense tissue) and ``manifest.csv`` (one row per image:
+file, subject, projection, split, class, percent density, parameters, seed).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+from breastdensity.phantoms import PREVALENCE, generate_dataset, plot_examples
+
+
+def parse_arguments(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        epilog="Every subject gives 4 images (CC_R, CC_L, MLO_R, MLO_L) with one class.",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="output folder")
+    parser.add_argument(
+        "--subjects",
+        nargs=3,
+        type=int,
+        required=True,
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="number of subjects per split (0 skips a split)",
+    )
+    parser.add_argument(
+        "--size",
+        nargs=2,
+        type=int,
+        default=(650, 520),
+        metavar=("HEIGHT", "WIDTH"),
+        help="image size in pixels (default: 650 520)",
+    )
+    parser.add_argument("--seed", type=int, required=True, help="the dataset is fixed by the seed")
+    parser.add_argument(
+        "--prevalence",
+        choices=sorted(PREVALENCE),
+        default="balanced",
+        help="class mix: balanced (default) or screening (10/40/40/10 %% for A/B/C/D)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="parallel processes (default: all cores)",
+    )
+    parser.add_argument(
+        "--label-noise",
+        type=float,
+        default=0.0,
+        metavar="PD_POINTS",
+        help="simulate reader variability: labels come from PD plus Gaussian noise of this "
+        "standard deviation, so neighbouring classes overlap (default 0: clean labels)",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a dataset already generated in --out"
+    )
+    parser.add_argument(
+        "--preview", type=Path, help="also save a classes x projections figure to this PNG"
+    )
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_arguments(argv)
+    started = time.perf_counter()
+    try:
+        manifest = generate_dataset(
+            args.out,
+            tuple(args.subjects),
+            tuple(args.size),
+            args.seed,
+            prevalence=args.prevalence,
+            workers=args.workers,
+            label_noise=args.label_noise,
+            overwrite=args.overwrite,
+            progress=True,
+        )
+    except (ValueError, FileExistsError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    images = 4 * sum(args.subjects)
+    elapsed = time.perf_counter() - started
+    print(
+        f"{images} images in {elapsed:.1f} s ({images / elapsed:.1f} images/s); manifest: {manifest}"
+    )
+    if args.preview:
+        print(f"preview: {plot_examples(args.out, args.preview)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

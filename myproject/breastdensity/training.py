@@ -1,0 +1,348 @@
+"""Training helpers shared by Train_ResNet.py and the tests.
+
+* ``check_split`` / ``training_datasets``: list and verify a projection's
+  training and validation images, and build their tf.data pipelines.
+* ``build_augmentation``: the reference's augmentation as Keras layers.
+* ``HistoryRecorder``: the reference's history txt files, written every epoch
+  and continued (not restarted) when a killed run resumes.
+* ``choose_strategy``: one device, all GPUs, or several nodes.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+import tensorflow as tf
+
+from .conventions import CLASSES, DatasetError, ImageRecord, list_class_images, split_dir
+from .files import atomic_write, atomic_write_text
+from .network import MIN_IMAGE_SIZE
+from .preprocessing import ImageReadError, make_dataset, read_grayscale
+
+# One value per epoch, numpy.savetxt, as the reference wrote them.
+HISTORY_FILES = {
+    "loss_train.txt": "loss",
+    "acc_train.txt": "acc",
+    "loss_val.txt": "val_loss",
+    "acc_val.txt": "val_acc",
+}
+HISTORY_CSV = "history.csv"
+CURVES_FILE = "training_curves.png"
+CONFIG_FILE = "training_config.json"
+CHECKPOINT_PATTERN = "weights-improvement-{epoch:02d}-{val_acc:.2f}.keras"
+FINAL_WEIGHTS = "final_weights.keras"
+BACKUP_FOLDER = "backup"
+
+
+# ----------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------
+
+
+def check_images(records: list[ImageRecord], workers: int = 4) -> None:
+    """Decode every image once; stop at the first unreadable or too-small one.
+
+    A corrupt file found in epoch 37 would waste hours; finding it here costs
+    one decode per image (threads: OpenCV releases the GIL).
+    """
+
+    def check(record: ImageRecord) -> str | None:
+        try:
+            image = read_grayscale(record.path)
+        except ImageReadError as error:
+            return str(error)
+        if min(image.shape) < MIN_IMAGE_SIZE:
+            return (
+                f"{record.path}: image of {image.shape[0]}x{image.shape[1]} pixels is too small "
+                f"for the network (at least {MIN_IMAGE_SIZE} pixels per side)"
+            )
+        return None
+
+    with ThreadPoolExecutor(workers) as pool:
+        for problem in pool.map(check, records):
+            if problem:
+                raise DatasetError(problem)
+
+
+def check_split(data_root: str | Path, split: str, projection: str) -> list[ImageRecord]:
+    """List and verify one split of one projection; warnings for missing classes."""
+    folder = split_dir(data_root, split, projection)
+    records = list_class_images(folder, what=f"{split} split")
+    check_images(records)
+    return records
+
+
+def build_augmentation(seed: int | None = 1) -> keras.Sequential:
+    """The reference's augmentation: zoom 0.2, shifts 0.2, rotation 10 degrees, no flips.
+
+    Keras' old ImageDataGenerator drew independent x and y zoom factors in
+    [0.8, 1.2] and filled new pixels with the nearest edge value; the layers
+    below do the same. They act on (B, H, W, 1) images before normalisation.
+    """
+    return keras.Sequential(
+        [
+            keras.layers.RandomRotation(10 / 360, fill_mode="nearest", seed=seed),
+            keras.layers.RandomZoom(
+                height_factor=(-0.2, 0.2), width_factor=(-0.2, 0.2), fill_mode="nearest", seed=seed
+            ),
+            keras.layers.RandomTranslation(0.2, 0.2, fill_mode="nearest", seed=seed),
+        ],
+        name="augmentation",
+    )
+
+
+@dataclass
+class TrainingData:
+    train: tf.data.Dataset
+    validation: tf.data.Dataset
+    steps_per_epoch: int
+    validation_steps: int
+    train_records: list[ImageRecord]
+    validation_records: list[ImageRecord]
+
+    def class_counts(self, which: str = "train") -> dict[str, int]:
+        records = self.train_records if which == "train" else self.validation_records
+        return {label: sum(r.label == label for r in records) for label in CLASSES}
+
+
+def training_datasets(
+    data_root: str | Path,
+    projection: str,
+    image_size: tuple[int, int],
+    global_batch_size: int,
+    seed: int = 1,
+    augment: bool = True,
+) -> TrainingData:
+    """Training (shuffled, augmented, repeated) and validation pipelines of one projection."""
+    train_records = check_split(data_root, "train", projection)
+    validation_records = check_split(data_root, "validation", projection)
+    train = make_dataset(
+        [r.path for r in train_records],
+        image_size,
+        labels=[r.label_index for r in train_records],
+        batch_size=global_batch_size,
+        shuffle=True,
+        seed=seed,
+        augment=build_augmentation(seed) if augment else None,
+        repeat=True,
+    )
+    validation = make_dataset(
+        [r.path for r in validation_records],
+        image_size,
+        labels=[r.label_index for r in validation_records],
+        batch_size=global_batch_size,
+    )
+    return TrainingData(
+        train=train,
+        validation=validation,
+        steps_per_epoch=math.ceil(len(train_records) / global_batch_size),
+        validation_steps=math.ceil(len(validation_records) / global_batch_size),
+        train_records=train_records,
+        validation_records=validation_records,
+    )
+
+
+def class_weights(records: list[ImageRecord]) -> dict[int, float]:
+    """Balanced class weights n / (k * n_c) (scikit-learn's 'balanced'), absent classes skipped."""
+    from sklearn.utils.class_weight import compute_class_weight
+
+    labels = np.array([r.label_index for r in records])
+    present = np.unique(labels)
+    weights = compute_class_weight("balanced", classes=present, y=labels)
+    return {int(c): float(w) for c, w in zip(present, weights, strict=True)}
+
+
+# ----------------------------------------------------------------------------
+# Distribution
+# ----------------------------------------------------------------------------
+
+
+def split_cpu(logical_devices: int) -> None:
+    """Split the CPU into logical devices (to exercise MirroredStrategy without GPUs).
+
+    Must run before TensorFlow initialises its devices.
+    """
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(
+        cpu, [tf.config.LogicalDeviceConfiguration() for _ in range(logical_devices)]
+    )
+
+
+def choose_strategy(cpu_replicas: int = 0) -> tf.distribute.Strategy:
+    """Several nodes (TF_CONFIG set), all local GPUs, or the default single device.
+
+    Args:
+        cpu_replicas: > 1 mirrors over that many logical CPU devices instead
+            (for testing the distributed code path on a machine without GPUs).
+    """
+    if os.environ.get("TF_CONFIG"):
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if cpu_replicas > 1:
+        split_cpu(cpu_replicas)
+        devices = [d.name for d in tf.config.list_logical_devices("CPU")]
+        return tf.distribute.MirroredStrategy(devices=devices)
+    gpus = tf.config.list_logical_devices("GPU")
+    if len(gpus) > 1:
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+# ----------------------------------------------------------------------------
+# Callbacks and outputs
+# ----------------------------------------------------------------------------
+
+
+class HistoryRecorder(keras.callbacks.Callback):
+    """Write the history files after every epoch, and continue them on resume.
+
+    Per epoch it appends a row to ``history.csv`` (loss, acc, val_loss, val_acc,
+    learning rate, and the state of ReduceLROnPlateau and ModelCheckpoint) and
+    rewrites the reference's four txt files from it, atomically. Place it
+    before ``BackupAndRestore`` in the callback list: if a run dies between the
+    two, the repeated epoch's row is dropped when the run resumes, because
+    rows past the restored epoch are discarded then.
+    """
+
+    def __init__(self, model_dir: Path, plateau=None, checkpoint=None, verbose: bool = True):
+        super().__init__()
+        self.model_dir = Path(model_dir)
+        self.plateau = plateau
+        self.checkpoint = checkpoint
+        self.verbose = verbose
+        self.rows: list[dict] = []
+        self._started = False
+        self._epoch_start = 0.0
+        self._total_epochs = None
+
+    def on_train_begin(self, logs=None):
+        self._total_epochs = self.params.get("epochs") if self.params else None
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if not self._started:
+            self._started = True
+            self._restore(first_epoch=epoch)
+        self._epoch_start = time.perf_counter()
+        self._learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def _restore(self, first_epoch: int) -> None:
+        path = self.model_dir / HISTORY_CSV
+        if first_epoch == 0 or not path.exists():
+            self.rows = []
+            return
+        rows = pd.read_csv(path).to_dict("records")[:first_epoch]
+        if len(rows) != first_epoch:
+            raise RuntimeError(
+                f"{path} has {len(rows)} epochs but the backup restarts at epoch {first_epoch + 1}"
+            )
+        self.rows = rows
+        # Checkpoints of epochs that will be redone (the run died after saving
+        # them but before the backup) are removed: they may be half-written.
+        for stale in self.model_dir.glob("weights-improvement-*.keras"):
+            if checkpoint_epoch(stale) > first_epoch:
+                stale.unlink()
+        last = rows[-1]
+        if self.plateau is not None:
+            self.plateau.best = last["plateau_best"]
+            self.plateau.wait = int(last["plateau_wait"])
+            self.plateau.cooldown_counter = int(last["plateau_cooldown"])
+        if self.checkpoint is not None and not math.isnan(last["checkpoint_best"]):
+            self.checkpoint.best = last["checkpoint_best"]
+        print(f"Resuming after epoch {first_epoch}: history and callback state restored.")
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        row = {
+            "epoch": epoch + 1,
+            "loss": logs.get("loss", np.nan),
+            "acc": logs.get("acc", np.nan),
+            "val_loss": logs.get("val_loss", np.nan),
+            "val_acc": logs.get("val_acc", np.nan),
+            "learning_rate": self._learning_rate,
+            "seconds": round(time.perf_counter() - self._epoch_start, 3),
+            "plateau_best": getattr(self.plateau, "best", np.nan),
+            "plateau_wait": getattr(self.plateau, "wait", 0),
+            "plateau_cooldown": getattr(self.plateau, "cooldown_counter", 0),
+            "checkpoint_best": getattr(self.checkpoint, "best", np.nan),
+        }
+        self.rows.append(row)
+        write_history(self.model_dir, self.rows)
+        if self.verbose:
+            total = f"/{self._total_epochs}" if self._total_epochs else ""
+            print(
+                f"epoch {epoch + 1}{total}: loss {row['loss']:.4f}  acc {row['acc']:.4f}  "
+                f"val_loss {row['val_loss']:.4f}  val_acc {row['val_acc']:.4f}  "
+                f"lr {row['learning_rate']:.2g}  ({row['seconds']:.1f} s)",
+                flush=True,
+            )
+
+
+def checkpoint_epoch(path: Path) -> int:
+    """Epoch number of a ``weights-improvement-EE-A.AA.keras`` file name."""
+    return int(Path(path).name.split("-")[2])
+
+
+def checkpoint_accuracy(path: Path) -> float:
+    """Validation accuracy in a ``weights-improvement-EE-A.AA.keras`` file name."""
+    return float(Path(path).name.split("-")[3].removesuffix(".keras"))
+
+
+def best_checkpoint(model_dir: str | Path) -> Path | None:
+    """The checkpoint with the highest validation accuracy in its name (latest epoch on ties)."""
+    candidates = sorted(Path(model_dir).glob("weights-improvement-*-*.keras"))
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: (checkpoint_accuracy(p), checkpoint_epoch(p)))
+
+
+def write_history(model_dir: Path, rows: list[dict]) -> None:
+    table = pd.DataFrame(rows)
+    atomic_write(model_dir / HISTORY_CSV, lambda path: table.to_csv(path, index=False))
+    for file_name, column in HISTORY_FILES.items():
+        values = table[column].to_numpy(np.float64)
+        atomic_write(model_dir / file_name, lambda path, v=values: np.savetxt(path, v))
+
+
+def plot_curves(model_dir: Path) -> Path:
+    """Loss and accuracy, train vs validation, from history.csv -> training_curves.png."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = pd.read_csv(Path(model_dir) / HISTORY_CSV)
+    figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, metric, title in ((loss_axis, "loss", "Loss"), (acc_axis, "acc", "Accuracy")):
+        axis.plot(table["epoch"], table[metric], label="train")
+        axis.plot(table["epoch"], table[f"val_{metric}"], label="validation")
+        axis.set_xlabel("epoch")
+        axis.set_title(title)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(Path(model_dir).name)
+    figure.tight_layout()
+    target = Path(model_dir) / CURVES_FILE
+    atomic_write(target, lambda path: figure.savefig(path, dpi=100))
+    plt.close(figure)
+    return target
+
+
+def save_config(model_dir: Path, config: dict) -> Path:
+    return atomic_write_text(Path(model_dir) / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
+
+
+def save_model(model: keras.Model, path: Path, include_optimizer: bool = True) -> Path:
+    """Save a .keras model atomically (optionally without the optimizer state, to ship it)."""
+    if include_optimizer:
+        return atomic_write(path, model.save)
+    clone = keras.models.clone_model(model)
+    clone.set_weights(model.get_weights())
+    return atomic_write(path, clone.save)

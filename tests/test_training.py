@@ -1,0 +1,240 @@
+"""Stage 1: Train_ResNet.py on tiny phantom sets at 64 px."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pandas as pd
+import pytest
+import Train_ResNet
+from breastdensity.conventions import DatasetError, DataWarning
+from breastdensity.phantoms import generate_dataset
+from breastdensity.training import (
+    HISTORY_FILES,
+    best_checkpoint,
+    build_augmentation,
+    training_datasets,
+)
+from conftest import MYPROJECT, write_png
+
+
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory):
+    out = tmp_path_factory.mktemp("train_data")
+    generate_dataset(out, (16, 4, 0), (80, 64), seed=5)
+    return out
+
+
+def run_script(*args, timeout=300):
+    """Run Train_ResNet.py in a fresh process (needed to configure devices)."""
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    return subprocess.run(
+        [sys.executable, str(MYPROJECT / "Train_ResNet.py"), *map(str, args)],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=environment,
+    )
+
+
+def test_two_epoch_run_writes_every_output(phantoms, tmp_path, capsys):
+    status = Train_ResNet.main(
+        [
+            "--projection",
+            "CC_R",
+            "--data-root",
+            str(phantoms),
+            "--models-root",
+            str(tmp_path),
+            "--img-size",
+            "64",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "4",
+        ]
+    )
+    assert status == 0
+    folder = tmp_path / "CC_R_model"
+    for name in HISTORY_FILES:
+        values = np.loadtxt(folder / name, ndmin=1)
+        assert values.shape == (2,), name
+    history = pd.read_csv(folder / "history.csv")
+    assert history["epoch"].tolist() == [1, 2]
+    assert (folder / "training_curves.png").stat().st_size > 10_000
+    assert list((folder / "logs").rglob("events.out.tfevents.*"))
+    assert not (folder / "backup").exists()  # removed after a completed run
+    best = best_checkpoint(folder)
+    assert best is not None and best.name.startswith("weights-improvement-01-")
+    for path in (best, folder / "final_weights.keras"):
+        model = keras.saving.load_model(path)
+        assert model.input_shape == (None, 64, 64, 3)
+        probabilities = model.predict(np.zeros((1, 64, 64, 3), np.float32), verbose=0)
+        np.testing.assert_allclose(probabilities.sum(), 1.0, atol=1e-5)
+    output = capsys.readouterr().out
+    assert "epoch 2/2: loss" in output and "steps per epoch" in output
+    # a second run into the same folder must not overwrite it
+    assert (
+        Train_ResNet.main(
+            [
+                "--projection",
+                "CC_R",
+                "--data-root",
+                str(phantoms),
+                "--models-root",
+                str(tmp_path),
+                "--img-size",
+                "64",
+                "--epochs",
+                "1",
+            ]
+        )
+        == 2
+    )
+    assert "already holds a trained model" in capsys.readouterr().err
+
+
+def test_killed_run_resumes_from_its_last_epoch(phantoms, tmp_path):
+    args = [
+        "--projection",
+        "CC_L",
+        "--data-root",
+        phantoms,
+        "--models-root",
+        tmp_path,
+        "--img-size",
+        "64",
+        "--epochs",
+        "6",
+        "--batch-size",
+        "2",
+    ]
+    folder = tmp_path / "CC_L_model"
+    environment = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    process = subprocess.Popen(
+        [sys.executable, str(MYPROJECT / "Train_ResNet.py"), *map(str, args)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=environment,
+    )
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        history = folder / "history.csv"
+        if history.exists() and len(pd.read_csv(history)) >= 2:
+            break
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)  # a preempted node: no chance to clean up
+    process.wait()
+    before = pd.read_csv(folder / "history.csv")
+    assert 2 <= len(before) < 6, "the run finished before it could be killed"
+    assert (folder / "backup").is_dir()
+
+    refused = run_script(*args)  # without --resume: a clear refusal
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+
+    resumed = run_script(*args, "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming after epoch" in resumed.stdout
+    after = pd.read_csv(folder / "history.csv")
+    assert after["epoch"].tolist() == [1, 2, 3, 4, 5, 6]  # continued, not restarted
+    restored = int(resumed.stdout.split("Resuming after epoch ")[1].split(":")[0])
+    pd.testing.assert_frame_equal(after.iloc[:restored], before.iloc[:restored])
+    assert np.loadtxt(folder / "loss_train.txt").shape == (6,)
+    # optimizer state came back too: 6 epochs x 8 steps in total
+    model = keras.saving.load_model(folder / "final_weights.keras")
+    assert int(model.optimizer.iterations.numpy()) == 6 * 8
+    assert "nothing to resume" in run_script(*args, "--resume").stdout
+
+
+def test_mirrored_strategy_over_two_logical_cpus(phantoms, tmp_path):
+    result = run_script(
+        "--projection",
+        "MLO_R",
+        "--data-root",
+        phantoms,
+        "--models-root",
+        tmp_path,
+        "--img-size",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--cpu-replicas",
+        "2",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "2 replica(s), global batch 4" in result.stdout
+    config = pd.read_json(tmp_path / "MLO_R_model" / "training_config.json", typ="series")
+    assert config["replicas"] == 2
+    assert (tmp_path / "MLO_R_model" / "final_weights.keras").exists()
+
+
+def test_augmentation_changes_images_but_keeps_shape():
+    images = np.tile(np.linspace(0, 255, 64, dtype=np.float32), (2, 64, 1))[..., None]
+    augmented = build_augmentation(seed=1)(images, training=True)
+    assert augmented.shape == images.shape
+    assert not np.allclose(augmented, images)
+    # no flips: a left-dark/right-bright ramp stays that way round
+    assert augmented[:, :, -8:].numpy().mean() > augmented[:, :, :8].numpy().mean()
+
+
+def test_pipeline_shapes_and_steps_from_the_data(phantoms):
+    data = training_datasets(phantoms, "CC_R", (64, 64), global_batch_size=3, seed=1)
+    assert data.steps_per_epoch == 6 and data.validation_steps == 2  # ceil(16/3), ceil(4/3)
+    images, one_hot = next(iter(data.train))
+    assert images.shape == (3, 64, 64, 3) and one_hot.shape == (3, 4)
+    assert len(list(data.validation)) == 2
+
+
+class TestBadInput:
+    def test_missing_dataset_folder(self, tmp_path):
+        with pytest.raises(DatasetError, match="TrainingSet/CC_R/train does not exist"):
+            training_datasets(tmp_path, "CC_R", (64, 64), 4)
+
+    def test_missing_class_warns_and_empty_split_fails(self, phantoms, tmp_path):
+        import shutil
+
+        shutil.copytree(phantoms, tmp_path / "d")
+        shutil.rmtree(tmp_path / "d" / "TrainingSet" / "CC_R" / "train" / "D")
+        with pytest.warns(DataWarning, match="train/D is missing"):
+            data = training_datasets(tmp_path / "d", "CC_R", (64, 64), 4)
+        assert data.class_counts()["D"] == 0
+        for label in "ABC":
+            shutil.rmtree(tmp_path / "d" / "ValidationSet" / "CC_R" / "validation" / label)
+        (
+            tmp_path / "d" / "ValidationSet" / "CC_R" / "validation" / "D" / "va0001_D_CC_R.png"
+        ).unlink(missing_ok=True)
+        for image in (tmp_path / "d" / "ValidationSet" / "CC_R" / "validation" / "D").glob("*"):
+            image.unlink()
+        with pytest.raises(DatasetError, match="holds no image"), pytest.warns(DataWarning):
+            training_datasets(tmp_path / "d", "CC_R", (64, 64), 4)
+
+    def test_corrupt_non_image_and_too_small_files(self, phantoms, tmp_path):
+        import shutil
+
+        shutil.copytree(phantoms, tmp_path / "d")
+        folder = tmp_path / "d" / "TrainingSet" / "CC_R" / "train" / "B"
+        (folder / ".DS_Store").write_bytes(b"\0\0")
+        (folder / "readme.txt").write_text("not an image")
+        with pytest.warns(DataWarning, match="readme.txt"):
+            training_datasets(tmp_path / "d", "CC_R", (64, 64), 4)
+        (folder / "broken_B_CC_R.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+        with (
+            pytest.raises(DatasetError, match="broken_B_CC_R.png: cannot decode"),
+            pytest.warns(DataWarning),
+        ):
+            training_datasets(tmp_path / "d", "CC_R", (64, 64), 4)
+        (folder / "broken_B_CC_R.png").unlink()
+        write_png(folder / "tiny_B_CC_R.png", np.full((40, 30), 100, np.uint8))
+        with (
+            pytest.raises(
+                DatasetError, match="tiny_B_CC_R.png: image of 40x30 pixels is too small"
+            ),
+            pytest.warns(DataWarning),
+        ):
+            training_datasets(tmp_path / "d", "CC_R", (64, 64), 4)
