@@ -105,7 +105,7 @@ def split_dir(data_root: str | Path, split: str, projection: str) -> Path:
     return Path(data_root) / top / projection / inner
 
 
-def test_dir(test_root: str | Path, projection: str) -> Path:
+def projection_test_folder(test_root: str | Path, projection: str) -> Path:
     """``<test_root>/<PROJ>/test``; test_root is usually ``TestSet``."""
     return Path(test_root) / projection / SPLIT_FOLDERS["test"][1]
 

@@ -28,7 +28,7 @@ from .conventions import (
     ImageRecord,
     check_projection,
     list_class_images,
-    test_dir,
+    projection_test_folder,
 )
 from .files import atomic_path
 
@@ -148,10 +148,10 @@ def read_predictions(
             f"{txt_file} has no companion {csv_file.name}: give the test folder to recover "
             "the true labels by position"
         )
-    records = list_class_images(test_dir(test_root, projection), what="test")
+    records = list_class_images(projection_test_folder(test_root, projection), what="test")
     if len(records) != matrix.shape[0]:
         raise DatasetError(
-            f"{txt_file} has {matrix.shape[0]} rows but {test_dir(test_root, projection)} "
+            f"{txt_file} has {matrix.shape[0]} rows but {projection_test_folder(test_root, projection)} "
             f"holds {len(records)} images: they cannot be matched by position"
         )
     table = predictions_table(records, projection, matrix)

@@ -28,6 +28,10 @@ import tensorflow as tf
 
 DEFAULT_IMAGE_SIZE = 650
 
+# Decoding failures are reported by our own errors, which name the file;
+# OpenCV's log lines about them would only add noise.
+cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
+
 
 class ImageReadError(ValueError):
     """An image file cannot be decoded; the message names the file."""

@@ -1,0 +1,138 @@
+"""Stage 2: predict a test folder with a trained model -> Prediction/predictions_<proj>.txt.
+
+For each projection, every image under ``<test-root>/<PROJ>/test/<CLASS>/`` is
+preprocessed exactly as in training (``breastdensity.preprocessing``) and
+classified. Rows follow the reference's order: class folder A -> D, then file
+name sorted. Outputs, in ``--output-dir``:
+
+* ``predictions_<ccr|ccl|mlor|mlol>.txt`` - N x 4 probabilities (A B C D),
+  numpy.savetxt, the reference's format;
+* ``predictions_<...>.csv`` - the same rows with
+  ``filename,subject,projection,true_label,predicted_label,A,B,C,D``, so that
+  the next stage aligns projections by subject, not by row position.
+
+Examples, from myproject/ (seconds on a CPU for the shipped example)::
+
+    python Prediction_ResNet.py --projection all
+    python Prediction_ResNet.py --projection CC_R --model CC_R_model/final_weights.keras \\
+        --test-root ../data/phantoms/TestSet --output-dir ../runs/Prediction
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import warnings
+from pathlib import Path
+
+from breastdensity.conventions import (
+    CLASSES,
+    PROJECTIONS,
+    DatasetError,
+    list_class_images,
+    projection_test_folder,
+)
+
+
+def parse_arguments(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Predict density classes for a test folder, one model per projection.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument(
+        "--projection", required=True, choices=[*PROJECTIONS, "all"], help="projection to predict"
+    )
+    parser.add_argument("--models-root", type=Path, default=Path("."), help="holds <PROJ>_model/")
+    parser.add_argument(
+        "--model",
+        type=Path,
+        help="a .keras model file (single projection only); default: the best checkpoint in "
+        "<PROJ>_model/ by validation accuracy, else final_weights.keras",
+    )
+    parser.add_argument(
+        "--test-root",
+        type=Path,
+        default=Path("TestSet"),
+        help="images in <test-root>/<PROJ>/test/<CLASS>/",
+    )
+    parser.add_argument("--output-dir", type=Path, default=Path("Prediction"))
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="skip unreadable images (listed in the summary) instead of stopping",
+    )
+    args = parser.parse_args(argv)
+    if args.model is not None and args.projection == "all":
+        parser.error("--model needs a single --projection (each projection has its own model)")
+    if args.batch_size < 1:
+        parser.error("--batch-size must be positive")
+    return args
+
+
+def predict_projection(projection: str, args: argparse.Namespace):
+    from breastdensity.inference import default_model_path, load_model, predict_records
+    from breastdensity.predictions import predictions_table
+
+    model_path = args.model or default_model_path(args.models_root, projection)
+    records = list_class_images(
+        projection_test_folder(args.test_root, projection), what=f"{projection} test"
+    )
+    model = load_model(model_path)
+    started = time.perf_counter()
+    result = predict_records(model, records, batch_size=args.batch_size, skip_bad=args.skip_bad)
+    seconds = time.perf_counter() - started
+    if not result.records:
+        raise DatasetError(
+            f"no readable image in {projection_test_folder(args.test_root, projection)}"
+        )
+    table = predictions_table(result.records, projection, result.probabilities)
+    return table, result, model_path, seconds
+
+
+def summary(projection, table, result, model_path, seconds) -> str:
+    counts = table["true_label"].value_counts().reindex(list(CLASSES), fill_value=0)
+    accuracy = (table["true_label"] == table["predicted_label"]).mean()
+    lines = [
+        f"[{projection}] {len(table)} images ({', '.join(f'{c}: {n}' for c, n in counts.items())}) "
+        f"with {model_path} in {seconds:.1f} s; accuracy {accuracy:.3f}"
+    ]
+    for path, reason in result.skipped:
+        lines.append(f"[{projection}] skipped {path}: {reason}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_arguments(argv)
+    from breastdensity.predictions import write_predictions
+
+    projections = PROJECTIONS if args.projection == "all" else (args.projection,)
+    tables, reports = {}, []
+    try:
+        for projection in projections:
+            # Ignored files (.DS_Store, notes ...) are reported, not fatal.
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                try:
+                    table, result, model_path, seconds = predict_projection(projection, args)
+                finally:
+                    for warning in caught:
+                        print(f"warning: {warning.message}", file=sys.stderr)
+            tables[projection] = table
+            reports.append(summary(projection, table, result, model_path, seconds))
+    except DatasetError as error:
+        print(f"error: {error}\nNo prediction file was written.", file=sys.stderr)
+        return 2
+    # All projections succeeded: only now are the files written (atomically).
+    written = write_predictions(args.output_dir, tables)
+    print("\n".join(reports))
+    skipped = sum(line.count(" skipped ") for line in reports)
+    if skipped:
+        print(f"{skipped} unreadable file(s) skipped (--skip-bad).")
+    print(f"Wrote {len(written)} files to {args.output_dir}/: {', '.join(p.name for p in written)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,279 @@
+"""Explanation methods behind one interface: ``explain(method, images, classes) -> maps``.
+
+Every method returns (B, H, W) maps in [0, 1] at the network input size, for
+the given classes (or the predicted ones), so they can be compared and scored
+the same way.
+
+================  ==========================================================
+method            what it is (library)
+================  ==========================================================
+gradcam           Grad-CAM on the last residual module (``breastdensity.cam``,
+                  equal to tf-keras-vis' Gradcam, compiled and batched)
+gradcam++         Grad-CAM++: higher-order weights (tf-keras-vis)
+scorecam          Faster Score-CAM: masks the input with the ``max_channels``
+                  strongest feature maps, weights them by the class
+                  probability they keep (tf-keras-vis)
+layercam          Layer-CAM: pixel-wise positive-gradient weights (tf-keras-vis)
+saliency          vanilla gradient |d y_c / d x| (tf-keras-vis)
+smoothgrad        saliency averaged over noisy copies of the image (tf-keras-vis)
+integrated_gradients  path integral of gradients from a baseline (written
+                  here: no maintained TF 2.21 library offers it)
+occlusion         drop of the class probability when a patch is hidden
+                  (written here, same reason)
+random            uniform noise: the floor every method must beat
+================  ==========================================================
+
+The gradient methods use the pre-softmax score (see ``breastdensity.cam``);
+Score-CAM and occlusion use the softmax probability, as their papers do.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tensorflow as tf
+
+from .cam import GradCam, linear_copy, normalize_maps
+from .network import LAST_RESIDUAL_LAYER
+
+METHODS = (
+    "gradcam",
+    "gradcam++",
+    "scorecam",
+    "layercam",
+    "saliency",
+    "smoothgrad",
+    "integrated_gradients",
+    "occlusion",
+    "random",
+)
+SLOW_METHODS = ("scorecam", "smoothgrad", "integrated_gradients", "occlusion")
+
+
+class Explainer:
+    """All explanation methods for one model; library objects are built once and reused.
+
+    Args:
+        model: trained classifier with softmax output (not modified).
+        layer_name: target layer of the CAM methods.
+        score_cam_max_channels: Faster Score-CAM keeps this many feature maps.
+        smooth_samples, smooth_noise: SmoothGrad's noisy copies and their
+            noise level (fraction of the image's value range).
+        ig_steps: Riemann steps of Integrated Gradients.
+        occlusion_patch, occlusion_stride: patch side and step, as fractions
+            of the image side.
+        seed: of the random baseline and SmoothGrad's noise.
+    """
+
+    def __init__(
+        self,
+        model,
+        layer_name: str = LAST_RESIDUAL_LAYER,
+        score_cam_max_channels: int = 16,
+        smooth_samples: int = 20,
+        smooth_noise: float = 0.2,
+        ig_steps: int = 32,
+        occlusion_patch: float = 0.125,
+        occlusion_stride: float = 0.0625,
+        seed: int = 0,
+    ):
+        self.model = model
+        self.layer_name = layer_name
+        self.size = tuple(int(s) for s in model.input_shape[1:3])
+        self.score_cam_max_channels = score_cam_max_channels
+        self.smooth_samples = smooth_samples
+        self.smooth_noise = smooth_noise
+        self.ig_steps = ig_steps
+        self.occlusion_patch = occlusion_patch
+        self.occlusion_stride = occlusion_stride
+        self.seed = seed
+        self._gradcam = GradCam(model, layer_name)
+        self._linear = linear_copy(model)
+        self._library = {}
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def predicted_classes(self, images) -> np.ndarray:
+        return self.model.predict(images, verbose=0, batch_size=8).argmax(axis=1)
+
+    def _vis(self, name):
+        """tf-keras-vis objects, created on first use (each clones the model once)."""
+        if name not in self._library:
+            from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+            from tf_keras_vis.layercam import Layercam
+            from tf_keras_vis.saliency import Saliency
+            from tf_keras_vis.scorecam import Scorecam
+            from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+
+            factories = {
+                "gradcam++": lambda: GradcamPlusPlus(self.model, ReplaceToLinear(), clone=True),
+                "layercam": lambda: Layercam(self.model, ReplaceToLinear(), clone=True),
+                "saliency": lambda: Saliency(self.model, ReplaceToLinear(), clone=True),
+                "scorecam": lambda: Scorecam(self.model, clone=True),  # softmax scores
+            }
+            self._library[name] = factories[name]()
+        return self._library[name]
+
+    # --- the interface -----------------------------------------------------------------------
+
+    def explain(self, method: str, images, classes=None) -> np.ndarray:
+        """Maps (B, H, W) in [0, 1] of ``method`` for ``classes`` (None: the predicted ones)."""
+        from tf_keras_vis.utils.scores import CategoricalScore
+
+        images = np.asarray(images, np.float32)
+        if method not in METHODS:
+            raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
+        if classes is None:
+            classes = self.predicted_classes(images)
+        classes = np.asarray(classes, np.int32).reshape(len(images))
+        score = CategoricalScore(classes.tolist())
+        cam_options = {"penultimate_layer": self.layer_name, "seek_penultimate_conv_layer": False}
+        if method == "gradcam":
+            maps = self._gradcam(images, classes).maps
+        elif method in ("gradcam++", "layercam"):
+            maps = self._vis(method)(score, images, **cam_options)
+        elif method == "scorecam":
+            maps = self._vis(method)(
+                score, images, max_N=self.score_cam_max_channels, **cam_options
+            )
+        elif method == "saliency":
+            maps = self._vis(method)(score, images)
+        elif method == "smoothgrad":
+            tf.random.set_seed(self.seed)
+            maps = self._vis("saliency")(
+                score, images, smooth_samples=self.smooth_samples, smooth_noise=self.smooth_noise
+            )
+        elif method == "integrated_gradients":
+            maps = integrated_gradients(self._linear, images, classes, steps=self.ig_steps)
+        elif method == "occlusion":
+            maps = occlusion_sensitivity(
+                self.model, images, classes, self.occlusion_patch, self.occlusion_stride
+            )
+        else:
+            rng = np.random.default_rng(self.seed)
+            maps = rng.random((len(images), *self.size))
+        maps = np.nan_to_num(np.asarray(maps, np.float32).reshape(len(images), *self.size))
+        return normalize_maps(maps).astype(np.float32)
+
+
+def integrated_gradients(linear_model, images, classes, steps: int = 32, baseline=None):
+    """Integrated Gradients (Sundararajan et al., 2017), per pixel.
+
+    ``IG_i = (x_i - b_i) * mean_{k=1..m} d y_c / d x_i (b + k/m (x - b))``, summed over the
+    three (identical) channels, absolute value. Baseline b: zeros, i.e. an image
+    equal everywhere to its mean gray, since inputs are mean-centred.
+    ``sum_i IG_i`` approximates ``y_c(x) - y_c(b)`` (completeness).
+
+    Args:
+        linear_model: the classifier with a linear last activation (scores, not probabilities).
+        images: (B, H, W, 3) preprocessed.
+        classes: (B,) class of each image.
+        steps: m, points on the straight path.
+        baseline: (H, W, 3) or None for zeros.
+
+    Returns:
+        (B, H, W) attribution magnitudes (not normalised).
+    """
+    attributions = signed_integrated_gradients(linear_model, images, classes, steps, baseline)
+    return np.abs(attributions.sum(axis=-1))
+
+
+def signed_integrated_gradients(linear_model, images, classes, steps=32, baseline=None):
+    """(B, H, W, 3) signed Integrated Gradients (see ``integrated_gradients``)."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    baseline = tf.zeros_like(images[0]) if baseline is None else tf.convert_to_tensor(baseline)
+    alphas = (tf.range(steps, dtype=tf.float32) + 1.0) / steps  # right Riemann sum
+    results = []
+    for image, target in zip(images, classes, strict=True):
+        path = baseline[None] + alphas[:, None, None, None] * (image - baseline)[None]
+        total = tf.zeros_like(image)
+        for start in range(0, steps, 8):  # at most 8 path points per forward pass
+            chunk = path[start : start + 8]
+            with tf.GradientTape() as tape:
+                tape.watch(chunk)
+                scores = linear_model(chunk, training=False)[:, int(target)]
+            total += tf.reduce_sum(tape.gradient(scores, chunk), axis=0)
+        results.append(((image - baseline) * total / steps).numpy())
+    return np.stack(results)
+
+
+def occlusion_sensitivity(model, images, classes, patch: float = 0.125, stride: float = 0.0625):
+    """Occlusion sensitivity (Zeiler and Fergus, 2014).
+
+    A square patch (side ``patch`` x image side) set to 0 — the image's mean gray
+    after centring — slides with step ``stride``; each pixel gets the mean drop of
+    the class probability over the patches that covered it (negative drops
+    count as 0: hiding that patch made the class more likely).
+
+    Returns:
+        (B, H, W) probability drops.
+    """
+    images = np.asarray(images, np.float32)
+    _, height, width, _ = images.shape
+    side = max(1, round(patch * min(height, width)))
+    step = max(1, round(stride * min(height, width)))
+    rows = list(range(0, max(height - side, 0) + 1, step))
+    cols = list(range(0, max(width - side, 0) + 1, step))
+    if rows[-1] + side < height:
+        rows.append(height - side)
+    if cols[-1] + side < width:
+        cols.append(width - side)
+    positions = [(r, c) for r in rows for c in cols]
+    maps = np.zeros(images.shape[:3], np.float32)
+    for index, (image, target) in enumerate(zip(images, classes, strict=True)):
+        reference = float(model.predict(image[None], verbose=0)[0, int(target)])
+        drop_sum = np.zeros((height, width), np.float32)
+        count = np.zeros((height, width), np.float32)
+        for start in range(0, len(positions), 32):
+            chunk = positions[start : start + 32]
+            occluded = np.repeat(image[None], len(chunk), axis=0)
+            for k, (r, c) in enumerate(chunk):
+                occluded[k, r : r + side, c : c + side] = 0.0
+            probabilities = model.predict(occluded, verbose=0, batch_size=32)[:, int(target)]
+            for (r, c), probability in zip(chunk, probabilities, strict=True):
+                drop_sum[r : r + side, c : c + side] += max(reference - float(probability), 0.0)
+                count[r : r + side, c : c + side] += 1
+        maps[index] = drop_sum / np.maximum(count, 1)
+    return maps
+
+
+__all__ = [
+    "METHODS",
+    "SLOW_METHODS",
+    "Explainer",
+    "integrated_gradients",
+    "occlusion_sensitivity",
+    "signed_integrated_gradients",
+]
+
+
+def plot_method_grid(gray, maps: dict[str, np.ndarray], title: str, path=None, alpha: float = 0.5):
+    """One row of overlays per image: every method (and class) side by side on the original image.
+
+    Args:
+        gray: uint8 (H, W) original image.
+        maps: label -> [0, 1] map at the network input size.
+        title: figure title.
+        path: where to save the PNG (None: only return the figure).
+    """
+    import cv2
+    import matplotlib.pyplot as plt
+
+    from .cam import overlay, to_image_size
+    from .files import atomic_write
+
+    columns = len(maps) + 1
+    aspect = gray.shape[0] / gray.shape[1]
+    figure, axes = plt.subplots(1, columns, figsize=(2.2 * columns, 2.2 * aspect + 0.6))
+    axes[0].imshow(gray, cmap="gray", vmin=0, vmax=255)
+    axes[0].set_title("image", fontsize=8)
+    for axis, (label, cam) in zip(axes[1:], maps.items(), strict=True):
+        picture = overlay(gray, to_image_size(cam, gray.shape), alpha)
+        axis.imshow(cv2.cvtColor(picture, cv2.COLOR_BGR2RGB))
+        axis.set_title(label, fontsize=8)
+    for axis in axes:
+        axis.axis("off")
+    figure.suptitle(title, fontsize=9)
+    figure.tight_layout()
+    if path is not None:
+        atomic_write(path, lambda target: figure.savefig(target, dpi=110))
+    return figure
