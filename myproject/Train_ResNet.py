@@ -175,6 +175,7 @@ def prepare_model_dir(folder: Path, resume: bool) -> str:
 def train_projection(projection: str, args: argparse.Namespace, strategy) -> Path | None:
     import keras
     import tensorflow as tf
+
     from breastdensity.network import build_resnet
     from breastdensity.training import (
         BACKUP_FOLDER,

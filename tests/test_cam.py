@@ -3,6 +3,10 @@
 import keras
 import numpy as np
 import pytest
+from tf_keras_vis.gradcam import Gradcam
+from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+from tf_keras_vis.utils.scores import CategoricalScore
+
 from breastdensity.cam import (
     active_region,
     draw_contours,
@@ -12,9 +16,6 @@ from breastdensity.cam import (
     viewable,
 )
 from breastdensity.network import LAST_RESIDUAL_LAYER, build_resnet
-from tf_keras_vis.gradcam import Gradcam
-from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
-from tf_keras_vis.utils.scores import CategoricalScore
 
 
 def quadrant_images(rng, labels, size=96):

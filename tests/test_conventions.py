@@ -1,4 +1,5 @@
 import pytest
+
 from breastdensity.conventions import (
     CLASSES,
     DatasetError,

@@ -3,6 +3,8 @@
 import keras
 import numpy as np
 import pytest
+from test_cam import quadrant_images
+
 from breastdensity.cam import linear_copy
 from breastdensity.explanations import (
     METHODS,
@@ -11,7 +13,6 @@ from breastdensity.explanations import (
     signed_integrated_gradients,
 )
 from breastdensity.network import build_resnet
-from test_cam import quadrant_images
 
 
 @pytest.fixture(scope="module")

@@ -3,6 +3,7 @@
 import numpy as np
 import pandas as pd
 import pytest
+
 from breastdensity.conventions import CLASSES, PROJECTIONS, DatasetError
 from breastdensity.metrics import (
     GROUPS,
@@ -72,7 +73,7 @@ def make_tables(rng, subjects=("s1", "s2", "s3", "s4"), labels="ABCD"):
     tables = {}
     for projection in PROJECTIONS:
         probabilities = rng.dirichlet(np.ones(4), size=len(subjects))
-        table = pd.DataFrame({"filename": [f"{s}_{l}_{projection}.png" for s, l in zip(subjects, labels, strict=True)],
+        table = pd.DataFrame({"filename": [f"{s}_{label}_{projection}.png" for s, label in zip(subjects, labels, strict=True)],
                               "subject": list(subjects), "projection": projection,
                               "true_label": list(labels)})  # fmt: skip
         table["predicted_label"] = [CLASSES[i] for i in probabilities.argmax(1)]

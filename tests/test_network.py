@@ -1,6 +1,7 @@
 import keras
 import numpy as np
 import pytest
+
 from breastdensity.network import LAST_RESIDUAL_LAYER, OUTPUT_LAYER, build_resnet
 
 

@@ -4,6 +4,7 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
+
 from breastdensity.conventions import CLASSES, PROJECTIONS, list_class_images, split_dir
 from breastdensity.phantoms import (
     BIRADS_BANDS,

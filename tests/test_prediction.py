@@ -7,6 +7,7 @@ import numpy as np
 import pandas as pd
 import Prediction_ResNet
 import pytest
+
 from breastdensity.conventions import PROJECTIONS, list_class_images, projection_test_folder
 from breastdensity.inference import default_model_path
 from breastdensity.network import build_resnet

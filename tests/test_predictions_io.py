@@ -1,6 +1,8 @@
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import write_png
+
 from breastdensity.conventions import DatasetError, ImageRecord
 from breastdensity.predictions import (
     csv_path,
@@ -9,7 +11,6 @@ from breastdensity.predictions import (
     txt_path,
     write_predictions,
 )
-from conftest import write_png
 
 
 def make_records(tmp_path, labels):

@@ -1,12 +1,13 @@
 import numpy as np
 import pytest
+from conftest import write_png
+
 from breastdensity.preprocessing import (
     ImageReadError,
     load_image,
     make_dataset,
     read_grayscale,
 )
-from conftest import write_png
 
 
 @pytest.fixture

@@ -1,10 +1,11 @@
 """tf-keras-vis 0.8.7 works with Keras 3 on our network (the CAM stage relies on it)."""
 
 import numpy as np
-from breastdensity.network import LAST_RESIDUAL_LAYER, build_resnet
 from tf_keras_vis.gradcam import Gradcam
 from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 from tf_keras_vis.utils.scores import CategoricalScore
+
+from breastdensity.network import LAST_RESIDUAL_LAYER, build_resnet
 
 
 def test_gradcam_on_a_tiny_model(rng):

@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import Train_ResNet
+from conftest import MYPROJECT, write_png
+
 from breastdensity.conventions import DatasetError, DataWarning
 from breastdensity.phantoms import generate_dataset
 from breastdensity.training import (
@@ -19,7 +21,6 @@ from breastdensity.training import (
     build_augmentation,
     training_datasets,
 )
-from conftest import MYPROJECT, write_png
 
 
 @pytest.fixture(scope="module")
