@@ -1,0 +1,205 @@
+"""Notebooks: committed clean, and executed headless on tiny inputs (as papermill users run them)."""
+
+import json
+
+import keras
+import nbformat
+import numpy as np
+import pandas as pd
+import papermill
+import pytest
+from conftest import MYPROJECT
+
+from breastdensity.conventions import PROJECTIONS, list_class_images, projection_test_folder
+from breastdensity.network import build_resnet
+from breastdensity.phantoms import generate_dataset
+from breastdensity.predictions import predictions_table, write_predictions
+
+NOTEBOOKS = sorted(MYPROJECT.glob("*.ipynb"))
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_committed_without_outputs_and_with_one_parameters_cell(path):
+    notebook = nbformat.read(path, as_version=4)
+    nbformat.validate(notebook)
+    code = [cell for cell in notebook.cells if cell.cell_type == "code"]
+    assert all(not cell.outputs and cell.execution_count is None for cell in code), "strip outputs"
+    tagged = [cell for cell in code if "parameters" in cell.metadata.get("tags", [])]
+    assert len(tagged) == 1
+    assert "colab-badge" in notebook.cells[0].source
+    assert "Setup environment" in code[0].source and "IN_COLAB" in code[0].source
+    assert set(notebook.metadata) <= {"kernelspec", "language_info"}  # no personal metadata
+
+
+def execute(name, output, **parameters):
+    papermill.execute_notebook(
+        str(MYPROJECT / name),
+        str(output),
+        parameters=parameters,
+        cwd=str(MYPROJECT),
+        kernel_name="python3",
+        progress_bar=False,
+    )
+
+
+@pytest.fixture(scope="module")
+def phantom_test_set(tmp_path_factory):
+    root = tmp_path_factory.mktemp("nb")
+    generate_dataset(root, (0, 0, 8), (96, 80), seed=21)
+    return root / "TestSet"
+
+
+@pytest.fixture(scope="module")
+def predictions(phantom_test_set, tmp_path_factory):
+    """Prediction files as stage 2 writes them, with probabilities that favour the truth."""
+    rng = np.random.default_rng(0)
+    tables = {}
+    for projection in PROJECTIONS:
+        records = list_class_images(projection_test_folder(phantom_test_set, projection))
+        logits = (
+            rng.normal(size=(len(records), 4)) + 2.5 * np.eye(4)[[r.label_index for r in records]]
+        )
+        probabilities = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+        tables[projection] = predictions_table(records, projection, probabilities)
+    folder = tmp_path_factory.mktemp("Prediction")
+    write_predictions(folder, tables)
+    return folder
+
+
+def test_figure_merit_notebook_runs(predictions, tmp_path):
+    execute(
+        "Figure_merit.ipynb",
+        tmp_path / "executed.ipynb",
+        predictions_dir=str(predictions),
+        output_dir=str(tmp_path / "out"),
+        n_bootstrap=100,
+    )
+    metrics = pd.read_csv(tmp_path / "out" / "metrics.csv", index_col=0)
+    assert metrics.index.tolist() == ["CC_R", "MLO_R", "right", "CC_L", "MLO_L", "left", "total"]
+    assert metrics["n"].tolist() == [8] * 7
+    assert metrics.loc["total", "accuracy"] >= metrics[["accuracy"]].min().item()
+    figures = sorted(p.name for p in (tmp_path / "out" / "CONFUSION_MATRICES").iterdir())
+    assert figures == sorted(
+        f"confusionmatrix_{s}.png" for s in ("CCR", "MLOR", "CCL", "MLOL", "right", "left", "total")
+    )
+
+
+def test_figure_merit_with_txt_files_only_matches_by_position(
+    predictions, phantom_test_set, tmp_path
+):
+    for txt in predictions.glob("*.txt"):
+        (tmp_path / txt.name).write_bytes(txt.read_bytes())
+    execute(
+        "Figure_merit.ipynb",
+        tmp_path / "executed.ipynb",
+        predictions_dir=str(tmp_path),
+        output_dir=str(tmp_path),
+        test_root=str(phantom_test_set),
+        n_bootstrap=50,
+    )
+    text = json.dumps(nbformat.read(tmp_path / "executed.ipynb", as_version=4).cells)
+    assert "matched BY POSITION" in text
+    with_csv = pd.read_csv(tmp_path / "metrics.csv", index_col=0)
+    assert with_csv.loc["total", "n"] == 8
+
+
+def test_figure_merit_stops_on_missing_subjects_unless_told(predictions, tmp_path):
+    for path in predictions.iterdir():
+        (tmp_path / path.name).write_bytes(path.read_bytes())
+    csv = tmp_path / "predictions_mlol.csv"
+    table = pd.read_csv(csv).iloc[1:]  # one subject lacks MLO_L
+    table.to_csv(csv, index=False)
+    np.savetxt(tmp_path / "predictions_mlol.txt", table[["A", "B", "C", "D"]].to_numpy())
+    with pytest.raises(papermill.PapermillExecutionError, match="lacks MLO_L"):
+        execute(
+            "Figure_merit.ipynb",
+            tmp_path / "failed.ipynb",
+            predictions_dir=str(tmp_path),
+            output_dir=str(tmp_path),
+            n_bootstrap=20,
+        )
+    execute(
+        "Figure_merit.ipynb",
+        tmp_path / "executed.ipynb",
+        predictions_dir=str(tmp_path),
+        output_dir=str(tmp_path),
+        n_bootstrap=20,
+        drop_incomplete=True,
+    )
+    metrics = pd.read_csv(tmp_path / "metrics.csv", index_col=0)
+    assert metrics.loc["total", "n"] == 7 and metrics.loc["right", "n"] == 8
+
+
+def test_class_activation_maps_notebook_runs(phantom_test_set, tmp_path):
+    keras.utils.set_random_seed(0)
+    model_path = tmp_path / "tiny.keras"
+    build_resnet(64).save(model_path)
+    execute(
+        "ClassActivationMaps.ipynb",
+        tmp_path / "executed.ipynb",
+        model_path=str(model_path),
+        images_dir=str(phantom_test_set / "CC_L" / "test"),
+        maps_dir=str(tmp_path / "MAPS"),
+        projection="CC_L",
+        compare_max_images=1,
+        smooth_samples=2,
+        score_cam_max_channels=2,
+    )
+    summary = pd.read_csv(tmp_path / "MAPS" / "CC_L" / "cam_summary.csv")
+    assert len(summary) == 8
+    for row in summary.itertuples():
+        folder = tmp_path / "MAPS" / "CC_L" / row.true_label
+        stem = row.file.removesuffix(".png")
+        expected = [
+            f"{row.predicted_label}_{stem}_{kind}.png"
+            for kind in ("64", "map", "overlay", "contours")
+        ]
+        if row.status == "written":
+            assert all((folder / name).is_file() for name in expected), row.file
+        else:
+            assert not any((folder / name).exists() for name in expected)
+    assert (summary.status == "written").sum() >= 1
+    assert len(list((tmp_path / "MAPS").rglob("*_methods.png"))) == 1
+
+
+def test_explainability_evaluation_notebook_runs(phantom_test_set, tmp_path):
+    keras.utils.set_random_seed(1)
+    (tmp_path / "models" / "CC_R_model").mkdir(parents=True)
+    build_resnet(64).save(tmp_path / "models" / "CC_R_model" / "final_weights.keras")
+    masks = phantom_test_set.parent / "DenseMasks" / "TestSet"
+    execute(
+        "Explainability_evaluation.ipynb", tmp_path / "executed.ipynb",
+        models_root=str(tmp_path / "models"), test_root=str(phantom_test_set), masks_root=str(masks),
+        output_dir=str(tmp_path / "out"), projections=["CC_R", "MLO_L"], max_per_class=1,
+        slow_max_per_class=1, fidelity_steps=4, robustness_methods=["gradcam", "random"],
+        robustness_max_per_class=1, sanity_images=2, score_cam_max_channels=2, smooth_samples=2,
+        ig_steps=4,
+    )  # fmt: skip
+    scores = pd.read_csv(tmp_path / "out" / "explanation_scores.csv")
+    assert list(scores.columns[:9]) == [
+        "image",
+        "projection",
+        "method",
+        "auc",
+        "pointing_game",
+        "relevance_mass",
+        "best_dice",
+        "deletion_auc",
+        "insertion_auc",
+    ]
+    assert set(scores.projection) == {"CC_R"}  # MLO_L has no model: skipped with a note
+    assert len(scores) == 4 * 9  # one image per class, every method (slow ones on the same cap)
+    assert set(scores.mask_source) == {"reference"}
+    robustness = pd.read_csv(tmp_path / "out" / "robustness.csv")
+    assert list(robustness.columns[:5]) == [
+        "image",
+        "method",
+        "transformation",
+        "prediction_kept",
+        "map_similarity",
+    ]
+    assert len(robustness) == 4 * 2 * 6
+    sanity = pd.read_csv(tmp_path / "out" / "sanity_check.csv")
+    assert set(sanity.method) == set(scores.method)
+    text = json.dumps(nbformat.read(tmp_path / "executed.ipynb", as_version=4).cells)
+    assert "MLO_L: skipped" in text
