@@ -184,5 +184,15 @@ def test_trivial_baseline_runs_on_a_generated_set(dataset):
     from breastdensity.baseline import trivial_baseline
 
     result = trivial_baseline(dataset)
-    assert result["train_images"] == 32 and result["test_images"] == 16
-    assert 0.0 <= result["accuracy"] <= 1.0
+    assert (
+        result["train_images"] == 32
+        and result["test_images"] == 16
+        and result["test_subjects"] == 4
+    )
+    for key in (
+        "image_accuracy",
+        "subject_accuracy",
+        "subject_kappa_linear",
+        "subject_dense_accuracy",
+    ):
+        assert -1.0 <= result[key] <= 1.0

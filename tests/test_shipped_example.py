@@ -1,0 +1,120 @@
+"""The shipped example: models, TestSet and results, and the main job that regenerates them."""
+
+import os
+import shutil
+
+import keras
+import numpy as np
+import pandas as pd
+import Prediction_ResNet
+import pytest
+import Run_Example
+from conftest import MYPROJECT
+
+from breastdensity.conventions import PROJECTIONS, SHORT_NAMES
+from breastdensity.inference import default_model_path
+
+SHIPPED = [MYPROJECT / f"{p}_model" for p in PROJECTIONS]
+
+
+@pytest.mark.parametrize("projection", PROJECTIONS)
+def test_shipped_model_is_small_loadable_and_documented(projection):
+    folder = MYPROJECT / f"{projection}_model"
+    model_file = default_model_path(MYPROJECT, projection)
+    assert model_file.name.startswith("weights-improvement-")
+    assert model_file.stat().st_size <= 12 * 1024 * 1024
+    model = keras.saving.load_model(model_file)
+    assert model.optimizer is None  # saved without optimizer state
+    assert model.input_shape == (None, 128, 128, 3)
+    for name in [
+        "loss_train.txt",
+        "acc_train.txt",
+        "loss_val.txt",
+        "acc_val.txt",
+        "training_curves.png",
+        "training_config.json",
+        "history.csv",
+    ]:
+        assert (folder / name).is_file(), name
+
+
+def test_everything_shipped_fits_the_budget():
+    total = sum(
+        path.stat().st_size
+        for folder in [
+            "TestSet",
+            "DenseMasks",
+            "Prediction",
+            "MAPS",
+            "Explanations",
+            *[f.name for f in SHIPPED],
+        ]
+        for path in (MYPROJECT / folder).rglob("*")
+        if path.is_file()
+    )
+    assert total <= 70 * 1024 * 1024
+
+
+def test_shipped_models_reproduce_the_shipped_predictions(tmp_path):
+    status = Prediction_ResNet.main(
+        [
+            "--projection",
+            "all",
+            "--models-root",
+            str(MYPROJECT),
+            "--test-root",
+            str(MYPROJECT / "TestSet"),
+            "--output-dir",
+            str(tmp_path),
+        ]
+    )
+    assert status == 0
+    for projection in PROJECTIONS:
+        name = f"predictions_{SHORT_NAMES[projection]}"
+        np.testing.assert_allclose(
+            np.loadtxt(tmp_path / f"{name}.txt"),
+            np.loadtxt(MYPROJECT / "Prediction" / f"{name}.txt"),
+            atol=1e-5,
+        )
+        fresh = pd.read_csv(tmp_path / f"{name}.csv")
+        shipped = pd.read_csv(MYPROJECT / "Prediction" / f"{name}.csv")
+        assert fresh["filename"].tolist() == shipped["filename"].tolist()
+        assert fresh["predicted_label"].tolist() == shipped["predicted_label"].tolist()
+
+
+def test_main_job_on_a_reduced_test_set(tmp_path, monkeypatch, capsys):
+    """Stages 2 -> 4 as `make demo` runs them, on one subject per class."""
+    reduced = tmp_path / "TestSet"
+    manifest = pd.read_csv(MYPROJECT / "manifest.csv", dtype={"subject": str})
+    subjects = manifest.groupby("class")["subject"].first().tolist()
+    for row in manifest[manifest["subject"].isin(subjects)].itertuples():
+        target = tmp_path / row.file
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(MYPROJECT / row.file, target)
+    monkeypatch.chdir(MYPROJECT)
+    status = Run_Example.main(
+        [
+            "--test-root",
+            str(reduced),
+            "--predictions-dir",
+            str(tmp_path / "Prediction"),
+            "--maps-dir",
+            str(tmp_path / "MAPS"),
+            "--executed-dir",
+            str(tmp_path / "executed"),
+            "--n-bootstrap",
+            "50",
+            "--compare-max-images",
+            "0",
+        ]
+    )
+    assert status == 0
+    metrics = pd.read_csv(tmp_path / "Prediction" / "metrics.csv", index_col=0)
+    assert metrics.loc["total", "n"] == 4
+    for projection in PROJECTIONS:
+        summary = pd.read_csv(tmp_path / "MAPS" / projection / "cam_summary.csv")
+        assert len(summary) == 4
+    assert sorted(os.listdir(tmp_path / "executed")) == sorted(
+        ["Figure_merit.ipynb", *[f"ClassActivationMaps_{p}.ipynb" for p in PROJECTIONS]]
+    )
+    assert "Results" in capsys.readouterr().out
