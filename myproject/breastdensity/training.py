@@ -343,6 +343,8 @@ def save_model(model: keras.Model, path: Path, include_optimizer: bool = True) -
     """Save a .keras model atomically (optionally without the optimizer state, to ship it)."""
     if include_optimizer:
         return atomic_write(path, model.save)
-    clone = keras.models.clone_model(model)
-    clone.set_weights(model.get_weights())
-    return atomic_write(path, clone.save)
+    # A new, uncompiled model from the architecture (clone_model would also copy the
+    # compile state, and with it the optimizer's slots: 3x the file size with Adam).
+    bare = keras.Model.from_config(model.get_config())
+    bare.set_weights(model.get_weights())
+    return atomic_write(path, bare.save)
