@@ -164,6 +164,10 @@ def prepare_model_dir(folder: Path, resume: bool) -> str:
             f"{folder} already holds a trained model; choose another --models-root or move it away"
         )
     leftovers = [p.name for p in folder.glob("*") if p.name != "logs"] if folder.is_dir() else []
+    if resume and leftovers and not list(folder.glob("weights-improvement-*")):
+        # Killed during its first epoch: nothing was saved that could be resumed.
+        print(f"{folder}: no completed epoch to resume from; starting from epoch 1.")
+        return "fresh"
     if leftovers:
         raise DatasetError(
             f"{folder} is not empty ({', '.join(sorted(leftovers)[:5])}); "
