@@ -27,3 +27,18 @@ def write_png(path: Path, image: np.ndarray) -> Path:
 @pytest.fixture
 def rng():
     return np.random.default_rng(0)
+
+
+def corner_model(weight: float = 4.0):
+    """A toy 32x32 classifier whose class-1 probability depends only on the top-left 16x16 corner.
+
+    Its known answer makes it a test bench for explanation and fidelity code.
+    """
+    import keras
+
+    inputs = keras.Input((32, 32, 3))
+    corner = keras.layers.Cropping2D(((0, 16), (0, 16)))(inputs)
+    pooled = keras.layers.GlobalAveragePooling2D()(corner)
+    initializer = keras.initializers.Constant([[-weight, weight]] * 3)
+    logits = keras.layers.Dense(2, kernel_initializer=initializer)(pooled)
+    return keras.Model(inputs, keras.layers.Softmax()(logits))

@@ -1,8 +1,8 @@
 """Explanation scores on hand-made maps and masks with known answers."""
 
-import keras
 import numpy as np
 import pytest
+from conftest import corner_model
 from scipy.ndimage import maximum_filter, minimum_filter
 
 from breastdensity.explanation_quality import (
@@ -52,13 +52,7 @@ def test_perfect_inverted_and_random_maps(square, rng):
 
 def test_fidelity_curves_on_a_toy_model():
     # class 1 probability grows with the mean brightness of the top-left quarter
-    inputs = keras.Input((32, 32, 3))
-    corner = keras.layers.Cropping2D(((0, 16), (0, 16)))(inputs)
-    pooled = keras.layers.GlobalAveragePooling2D()(corner)
-    logits = keras.layers.Dense(2, kernel_initializer=keras.initializers.Constant([[-4, 4]] * 3))(
-        pooled
-    )
-    model = keras.Model(inputs, keras.layers.Softmax()(logits))
+    model = corner_model(4.0)
     gray = np.full((32, 32), 60.0, np.float32)
     gray[:16, :16] = 220.0
     region = np.ones((32, 32), bool)

@@ -3,6 +3,7 @@
 import keras
 import numpy as np
 import pytest
+from conftest import corner_model
 from test_cam import quadrant_images
 
 from breastdensity.cam import linear_copy
@@ -59,13 +60,7 @@ def test_integrated_gradients_completeness(trained):
 
 def test_occlusion_finds_the_only_region_that_matters():
     # A toy model whose class-1 probability depends only on the top-left 16x16 corner.
-    inputs = keras.Input((32, 32, 3))
-    corner = keras.layers.Cropping2D(((0, 16), (0, 16)))(inputs)
-    pooled = keras.layers.GlobalAveragePooling2D()(corner)
-    logits = keras.layers.Dense(2, kernel_initializer=keras.initializers.Constant([[-3, 3]] * 3))(
-        pooled
-    )
-    model = keras.Model(inputs, keras.layers.Softmax()(logits))
+    model = corner_model(3.0)
     image = np.ones((1, 32, 32, 3), np.float32)
     maps = occlusion_sensitivity(model, image, [1], patch=0.25, stride=0.25)
     assert maps[0, :16, :16].min() > 0 and maps[0, 16:, :].max() == 0 and maps[0, :, 16:].max() == 0
