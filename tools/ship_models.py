@@ -1,0 +1,61 @@
+"""Copy trained models into myproject/<PROJ>_model/ for shipping: best checkpoint without optimizer state.
+
+    python tools/ship_models.py --from runs/demo
+
+For each projection: the best checkpoint (by validation accuracy in its file
+name) re-saved without the optimizer (smaller, enough for prediction and
+Grad-CAM), the history files, history.csv, the curves plot and the training
+configuration. TensorBoard logs and final_weights.keras stay behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "myproject"))
+
+from breastdensity.conventions import PROJECTIONS, model_dir  # noqa: E402
+from breastdensity.training import (  # noqa: E402
+    CONFIG_FILE,
+    CURVES_FILE,
+    HISTORY_CSV,
+    HISTORY_FILES,
+    best_checkpoint,
+    save_model,
+)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--from", dest="source", type=Path, required=True, help="models root of the training run"
+    )
+    parser.add_argument(
+        "--to", type=Path, default=REPO / "myproject", help="models root to ship into"
+    )
+    args = parser.parse_args()
+    import keras
+
+    for projection in PROJECTIONS:
+        source, target = model_dir(args.source, projection), model_dir(args.to, projection)
+        best = best_checkpoint(source)
+        if best is None:
+            raise SystemExit(f"no checkpoint in {source}")
+        if target.exists():
+            shutil.rmtree(target)
+        target.mkdir(parents=True)
+        save_model(keras.saving.load_model(best), target / best.name, include_optimizer=False)
+        for name in [*HISTORY_FILES, HISTORY_CSV, CURVES_FILE, CONFIG_FILE]:
+            shutil.copy2(source / name, target / name)
+        size = (target / best.name).stat().st_size / 2**20
+        print(f"{projection}: {best.name} ({size:.1f} MB) -> {target}")
+
+
+if __name__ == "__main__":
+    main()
