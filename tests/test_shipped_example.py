@@ -24,7 +24,7 @@ def test_shipped_model_is_small_loadable_and_documented(projection):
     assert model_file.name.startswith("weights-improvement-")
     assert model_file.stat().st_size <= 12 * 1024 * 1024
     model = keras.saving.load_model(model_file)
-    assert model.optimizer is None  # saved without optimizer state
+    assert getattr(model, "optimizer", None) is None  # saved without optimizer state
     assert model.input_shape == (None, 128, 128, 3)
     for name in [
         "loss_train.txt",
