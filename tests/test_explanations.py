@@ -46,6 +46,8 @@ def test_every_method_gives_normalised_maps(trained):
         maps = explainer.explain(method, images)
         assert maps.shape == (2, 64, 64), method
         assert np.isfinite(maps).all() and maps.min() >= 0 and maps.max() <= 1 + 1e-6, method
+    first, second = explainer.explain("random", images), explainer.explain("random", images)
+    assert abs(np.corrcoef(first.ravel(), second.ravel())[0, 1]) < 0.1  # independent draws
     with pytest.raises(ValueError, match="unknown method"):
         explainer.explain("lime", images)
 

@@ -86,6 +86,9 @@ class Explainer:
         self.occlusion_patch = occlusion_patch
         self.occlusion_stride = occlusion_stride
         self.seed = seed
+        # One stream for the random baseline: every call draws a new, independent map
+        # (a fixed map would look perfectly "robust" and "stable").
+        self._random = np.random.default_rng(seed)
         self._gradcam = GradCam(model, layer_name)
         self._linear = linear_copy(model)
         self._library = {}
@@ -149,8 +152,7 @@ class Explainer:
                 self.model, images, classes, self.occlusion_patch, self.occlusion_stride
             )
         else:
-            rng = np.random.default_rng(self.seed)
-            maps = rng.random((len(images), *self.size))
+            maps = self._random.random((len(images), *self.size))
         maps = np.nan_to_num(np.asarray(maps, np.float32).reshape(len(images), *self.size))
         return normalize_maps(maps).astype(np.float32)
 
