@@ -95,3 +95,26 @@ def test_dataset_with_status_flags_bad_files(tmp_path, rng):
     )
     assert ok.numpy().tolist() == [True, False]
     assert index.numpy().tolist() == [0, 1]
+
+
+def test_cached_dataset_gives_the_same_images_and_still_reshuffles(tmp_path, rng):
+    paths = [
+        write_png(tmp_path / f"{i}.png", rng.integers(0, 255, (50, 40), dtype=np.uint8))
+        for i in range(6)
+    ]
+    labels = list(range(6))
+    plain = make_dataset(paths, (32, 32), labels=labels, batch_size=6, num_classes=6)
+    cached = make_dataset(paths, (32, 32), labels=labels, batch_size=6, num_classes=6, cache=True)
+    ((x_plain, _),), ((x_cached, _),) = list(plain), list(cached)
+    np.testing.assert_allclose(x_cached.numpy(), x_plain.numpy(), atol=1e-6)
+
+    shuffled = make_dataset(
+        paths, (32, 32), labels=labels, batch_size=6, num_classes=6, shuffle=True, cache=True
+    )
+    orders = set()
+    for _epoch in range(4):
+        ((x, y),) = list(shuffled)
+        index = np.argmax(y.numpy(), axis=1)
+        np.testing.assert_allclose(x.numpy(), x_plain.numpy()[index], atol=1e-6)
+        orders.add(tuple(index))
+    assert len(orders) > 1  # a new order every epoch, also from the cache

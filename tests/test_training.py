@@ -190,6 +190,16 @@ def test_pipeline_shapes_and_steps_from_the_data(phantoms):
     images, one_hot = next(iter(data.train))
     assert images.shape == (3, 64, 64, 3) and one_hot.shape == (3, 4)
     assert len(list(data.validation)) == 2
+    assert data.cached  # 20 small images: far below the in-memory cache limit
+
+
+def test_cache_is_skipped_when_decoded_images_exceed_the_limit(phantoms, monkeypatch):
+    import breastdensity.training as training
+
+    monkeypatch.setattr(training, "CACHE_LIMIT_BYTES", 20 * 64 * 64 * 4 - 1)
+    assert not training_datasets(phantoms, "CC_R", (64, 64), global_batch_size=3).cached
+    assert not training_datasets(phantoms, "CC_R", (32, 32), 3, cache=False).cached
+    assert training_datasets(phantoms, "CC_R", (32, 32), 3).cached
 
 
 class TestBadInput:

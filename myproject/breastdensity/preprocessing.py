@@ -136,6 +136,7 @@ def make_dataset(
     augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
     with_status: bool = False,
     repeat: bool = False,
+    cache: bool = False,
 ) -> tf.data.Dataset:
     """tf.data pipeline: parallel decode + resize, optional augmentation, normalize, prefetch.
 
@@ -152,6 +153,9 @@ def make_dataset(
             element carries ``ok`` (False: unreadable file, zero image) and the
             file index, so the caller names the file and decides.
         repeat: repeat forever (training with a fixed steps_per_epoch).
+        cache: keep the decoded, resized images in memory after the first
+            pass (N x H x W x 4 bytes), so later epochs skip decoding; the
+            augmentation still draws new transforms every epoch.
 
     Yields:
         ``images`` (B, H, W, 3) float32, plus ``one_hot`` (B, num_classes)
@@ -165,10 +169,6 @@ def make_dataset(
     if labels is not None:
         tensors["label"] = np.asarray(labels, dtype=np.int32)
     dataset = tf.data.Dataset.from_tensor_slices(tensors)
-    if shuffle:
-        dataset = dataset.shuffle(len(path_strings), seed=seed, reshuffle_each_iteration=True)
-    if repeat:
-        dataset = dataset.repeat()
 
     def read_one(path: bytes) -> tuple[np.ndarray, bool]:
         try:
@@ -184,7 +184,17 @@ def make_dataset(
         ok.set_shape(())
         return {**element, "image": image, "ok": ok}
 
-    dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    if cache:
+        # decode once, then shuffle the decoded images
+        dataset = dataset.map(
+            decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
+        ).cache()
+    if shuffle:
+        dataset = dataset.shuffle(len(path_strings), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
+    if not cache:
+        dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.batch(batch_size)
 
     def finish(batch):

@@ -41,6 +41,8 @@ CONFIG_FILE = "training_config.json"
 CHECKPOINT_PATTERN = "weights-improvement-{epoch:02d}-{val_acc:.2f}.keras"
 FINAL_WEIGHTS = "final_weights.keras"
 BACKUP_FOLDER = "backup"
+# Decoded images are cached in memory when they take at most this much.
+CACHE_LIMIT_BYTES = 4 * 2**30
 
 
 # ----------------------------------------------------------------------------
@@ -108,6 +110,7 @@ class TrainingData:
     validation_steps: int
     train_records: list[ImageRecord]
     validation_records: list[ImageRecord]
+    cached: bool = False
 
     def class_counts(self, which: str = "train") -> dict[str, int]:
         records = self.train_records if which == "train" else self.validation_records
@@ -121,10 +124,21 @@ def training_datasets(
     global_batch_size: int,
     seed: int = 1,
     augment: bool = True,
+    cache: bool | None = None,
 ) -> TrainingData:
-    """Training (shuffled, augmented, repeated) and validation pipelines of one projection."""
+    """Training (shuffled, augmented, repeated) and validation pipelines of one projection.
+
+    Args:
+        cache: keep decoded, resized images in memory after the first epoch.
+            None (default): only if they take at most ``CACHE_LIMIT_BYTES``.
+            On a 2-core machine decoding competes with training for the CPU;
+            caching keeps the pipeline from slowing the model down.
+    """
     train_records = check_split(data_root, "train", projection)
     validation_records = check_split(data_root, "validation", projection)
+    if cache is None:
+        needed = (len(train_records) + len(validation_records)) * image_size[0] * image_size[1] * 4
+        cache = needed <= CACHE_LIMIT_BYTES
     train = make_dataset(
         [r.path for r in train_records],
         image_size,
@@ -134,12 +148,14 @@ def training_datasets(
         seed=seed,
         augment=build_augmentation(seed) if augment else None,
         repeat=True,
+        cache=cache,
     )
     validation = make_dataset(
         [r.path for r in validation_records],
         image_size,
         labels=[r.label_index for r in validation_records],
         batch_size=global_batch_size,
+        cache=cache,
     )
     return TrainingData(
         train=train,
@@ -148,6 +164,7 @@ def training_datasets(
         validation_steps=math.ceil(len(validation_records) / global_batch_size),
         train_records=train_records,
         validation_records=validation_records,
+        cached=cache,
     )
 
 
