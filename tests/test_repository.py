@@ -31,3 +31,21 @@ def test_requirements_are_exact_pins():
         line = line.strip()
         if line and not line.startswith("#"):
             assert re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][0-9A-Za-z.]*", line), line
+
+
+def test_scripts_run_from_the_root_and_from_myproject():
+    import subprocess
+    import sys
+
+    scripts = ["Train_ResNet.py", "Prediction_ResNet.py", "Make_Phantoms.py", "Run_Example.py"]
+    for script in scripts:
+        for cwd, path in ((REPO, f"myproject/{script}"), (MYPROJECT, script)):
+            result = subprocess.run(
+                [sys.executable, path, "--help"],
+                cwd=cwd,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert result.returncode == 0, (script, cwd, result.stderr[-500:])
+            assert "usage:" in result.stdout
