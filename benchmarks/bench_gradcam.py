@@ -52,12 +52,10 @@ def main() -> None:
     ours = rate(lambda b: grad_cam(model, b))
     library = Gradcam(model, model_modifier=ReplaceToLinear(), clone=True)
     options = {"penultimate_layer": LAST_RESIDUAL_LAYER, "seek_penultimate_conv_layer": False}
-    score = CategoricalScore([0] * args.batch_size)
     vis_default = rate(lambda b: library(CategoricalScore([0] * len(b)), b, **options))
     vis_small = rate(
         lambda b: library(CategoricalScore([0] * len(b)), b, expand_cam=False, **options)
     )
-    del score
     print(f"Grad-CAM at {args.img_size} px, batch {args.batch_size}, {args.images} images")
     print(f"  model.predict                     : {predict:6.2f} images/s")
     print(
