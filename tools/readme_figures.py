@@ -1,0 +1,79 @@
+"""Figures of the README, assembled from what the pipeline wrote.
+
+    python tools/readme_figures.py --maps myproject/MAPS --evaluation runs/eval/Prediction
+
+* ``docs/figures/phantoms_grid.png``: one shipped synthetic subject per class
+  (rows) and projection (columns) with its dense-tissue mask contour;
+* ``docs/figures/gradcam_overlays.png``: one Grad-CAM overlay per class (rows) and
+  projection (columns), from the stage-4 output folder;
+* ``docs/figures/confusionmatrix_total.png``: the subject-level confusion matrices
+  of the quality evaluation, copied from its stage-3 output.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+from pathlib import Path
+
+import cv2
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "myproject"))
+from breastdensity.conventions import CLASSES, PROJECTIONS  # noqa: E402
+from breastdensity.phantoms import plot_examples  # noqa: E402
+
+
+def overlay_grid(maps_dir: Path, target: Path) -> None:
+    figure, axes = plt.subplots(len(CLASSES), len(PROJECTIONS), figsize=(10, 13.5))
+    for row, label in enumerate(CLASSES):
+        for column, projection in enumerate(PROJECTIONS):
+            axis = axes[row, column]
+            axis.axis("off")
+            summary = pd.read_csv(maps_dir / projection / "cam_summary.csv")
+            chosen = summary[(summary.true_label == label) & (summary.status == "written")]
+            if chosen.empty:
+                continue
+            entry = chosen.iloc[0]
+            stem = Path(entry.file).stem
+            picture = cv2.imread(
+                str(maps_dir / projection / label / f"{entry.predicted_label}_{stem}_overlay.png")
+            )
+            axis.imshow(cv2.cvtColor(picture, cv2.COLOR_BGR2RGB))
+            axis.set_title(
+                f"{projection}: true {label}, predicted {entry.predicted_label}", fontsize=8
+            )
+    figure.suptitle(
+        "Grad-CAM of the predicted class (shipped models, shipped TestSet)", fontsize=11
+    )
+    figure.tight_layout()
+    figure.savefig(target, dpi=90)
+    plt.close(figure)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--maps", type=Path, default=REPO / "myproject" / "MAPS")
+    parser.add_argument(
+        "--evaluation", type=Path, required=True, help="stage-3 output of the quality evaluation"
+    )
+    parser.add_argument("--out", type=Path, default=REPO / "docs" / "figures")
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot_examples(REPO / "myproject", args.out / "phantoms_grid.png")  # shipped TestSet + manifest
+    overlay_grid(args.maps, args.out / "gradcam_overlays.png")
+    shutil.copy(
+        args.evaluation / "CONFUSION_MATRICES" / "confusionmatrix_total.png",
+        args.out / "confusionmatrix_total.png",
+    )
+    print(f"figures in {args.out}")
+
+
+if __name__ == "__main__":
+    main()
