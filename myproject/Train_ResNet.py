@@ -224,6 +224,7 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
         global_batch,
         seed=args.seed,
         augment=not args.no_augmentation,
+        cache=False if args.no_cache else None,  # None: cache when it fits CACHE_LIMIT_BYTES
     )
     print(
         f"[{projection}] train {len(data.train_records)} images {data.class_counts('train')}, "

@@ -77,7 +77,7 @@ def test_two_epoch_run_writes_every_output(phantoms, tmp_path, capsys):
         probabilities = model.predict(np.zeros((1, 64, 64, 3), np.float32), verbose=0)
         np.testing.assert_allclose(probabilities.sum(), 1.0, atol=1e-5)
     output = capsys.readouterr().out
-    assert "epoch 2/2: loss" in output and "steps per epoch" in output
+    assert "epoch 2/2: loss" in output and "decoded images cached in memory" in output
     # a second run into the same folder must not overwrite it
     assert (
         Train_ResNet.main(
@@ -167,11 +167,13 @@ def test_mirrored_strategy_over_two_logical_cpus(phantoms, tmp_path):
         "2",
         "--cpu-replicas",
         "2",
+        "--no-cache",
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert "2 replica(s), global batch 4" in result.stdout
+    assert "decoded images not cached" in result.stdout
     config = pd.read_json(tmp_path / "MLO_R_model" / "training_config.json", typ="series")
-    assert config["replicas"] == 2
+    assert config["replicas"] == 2 and not config["cached"]
     assert (tmp_path / "MLO_R_model" / "final_weights.keras").exists()
 
 
