@@ -141,10 +141,19 @@ class Explainer:
         elif method == "saliency":
             maps = self._vis(method)(score, images)
         elif method == "smoothgrad":
-            tf.random.set_seed(self.seed)
-            maps = self._vis("saliency")(
-                score, images, smooth_samples=self.smooth_samples, smooth_noise=self.smooth_noise
-            )
+            # tf-keras-vis draws the noise from numpy's global generator: seed it for this
+            # call (same image, same map) and leave the caller's random state as it was.
+            state = np.random.get_state()  # noqa: NPY002 (the library uses the legacy API)
+            np.random.seed(self.seed)  # noqa: NPY002
+            try:
+                maps = self._vis("saliency")(
+                    score,
+                    images,
+                    smooth_samples=self.smooth_samples,
+                    smooth_noise=self.smooth_noise,
+                )
+            finally:
+                np.random.set_state(state)  # noqa: NPY002
         elif method == "integrated_gradients":
             maps = integrated_gradients(self._linear, images, classes, steps=self.ig_steps)
         elif method == "occlusion":
