@@ -110,22 +110,10 @@ def test_figure_merit_stops_on_missing_subjects_unless_told(predictions, tmp_pat
     table = pd.read_csv(csv).iloc[1:]  # one subject lacks MLO_L
     table.to_csv(csv, index=False)
     np.savetxt(tmp_path / "predictions_mlol.txt", table[["A", "B", "C", "D"]].to_numpy())
+    parameters = {"predictions_dir": str(tmp_path), "output_dir": str(tmp_path), "n_bootstrap": 20}
     with pytest.raises(papermill.PapermillExecutionError, match="lacks MLO_L"):
-        execute(
-            "Figure_merit.ipynb",
-            tmp_path / "failed.ipynb",
-            predictions_dir=str(tmp_path),
-            output_dir=str(tmp_path),
-            n_bootstrap=20,
-        )
-    execute(
-        "Figure_merit.ipynb",
-        tmp_path / "executed.ipynb",
-        predictions_dir=str(tmp_path),
-        output_dir=str(tmp_path),
-        n_bootstrap=20,
-        drop_incomplete=True,
-    )
+        execute("Figure_merit.ipynb", tmp_path / "failed.ipynb", **parameters)
+    execute("Figure_merit.ipynb", tmp_path / "executed.ipynb", **parameters, drop_incomplete=True)
     metrics = pd.read_csv(tmp_path / "metrics.csv", index_col=0)
     assert metrics.loc["total", "n"] == 7 and metrics.loc["right", "n"] == 8
 
