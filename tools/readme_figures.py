@@ -26,6 +26,7 @@ import pandas as pd  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "myproject"))
+from breastdensity.cam import cam_file_names  # noqa: E402
 from breastdensity.conventions import CLASSES, PROJECTIONS  # noqa: E402
 from breastdensity.phantoms import plot_examples  # noqa: E402
 
@@ -41,10 +42,9 @@ def overlay_grid(maps_dir: Path, target: Path) -> None:
             if chosen.empty:
                 continue
             entry = chosen.iloc[0]
-            stem = Path(entry.file).stem
-            picture = cv2.imread(
-                str(maps_dir / projection / label / f"{entry.predicted_label}_{stem}_overlay.png")
-            )
+            # the overlay's name does not depend on the input size
+            name = cam_file_names(entry.predicted_label, Path(entry.file).stem, size=0)["overlay"]
+            picture = cv2.imread(str(maps_dir / projection / label / name))
             axis.imshow(cv2.cvtColor(picture, cv2.COLOR_BGR2RGB))
             axis.set_title(
                 f"{projection}: true {label}, predicted {entry.predicted_label}", fontsize=8
