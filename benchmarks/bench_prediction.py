@@ -85,10 +85,22 @@ def main() -> None:
     peaks = {}
     for count in args.memory_counts:
         output = subprocess.run(
-            [sys.executable, __file__, "--img-size", str(args.img_size), "--batch-size",
-             str(args.batch_size), "--data", str(args.data), "--child", str(count)],
-            check=True, capture_output=True, text=True,
-        ).stdout  # fmt: skip
+            [
+                sys.executable,
+                __file__,
+                "--img-size",
+                str(args.img_size),
+                "--batch-size",
+                str(args.batch_size),
+                "--data",
+                str(args.data),
+                "--child",
+                str(count),
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
         peaks[count] = json.loads(output.strip().splitlines()[-1])["peak_mb"]
     small, large = args.memory_counts
     print(f"  peak memory, {small} images : {peaks[small]:7.1f} MB")

@@ -82,8 +82,10 @@ def main() -> None:
         {arm: [round(v, 1) for v in values] for arm, values in rates.items()},
     )
     median = {arm: float(np.median(values)) for arm, values in rates.items()}
-    print(f"training at {args.img_size} px, batch {args.batch_size}, {args.steps} steps, "
-          f"{len(cached.train_records)} images of {data_root}")  # fmt: skip
+    print(
+        f"training at {args.img_size} px, batch {args.batch_size}, {args.steps} steps, "
+        f"{len(cached.train_records)} images of {data_root}"
+    )
     print(f"  (medians of {args.rounds} alternating rounds)")
     print(f"  in-memory tensors          : {median['memory']:6.2f} images/s")
     print(

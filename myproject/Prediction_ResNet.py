@@ -30,9 +30,12 @@ from breastdensity.conventions import (
     CLASSES,
     PROJECTIONS,
     DatasetError,
+    default_model_path,
     list_class_images,
     projection_test_folder,
 )
+from breastdensity.inference import load_model, predict_records
+from breastdensity.predictions import predictions_table, write_predictions
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -72,9 +75,6 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def predict_projection(projection: str, args: argparse.Namespace):
-    from breastdensity.inference import default_model_path, load_model, predict_records
-    from breastdensity.predictions import predictions_table
-
     model_path = args.model or default_model_path(args.models_root, projection)
     records = list_class_images(
         projection_test_folder(args.test_root, projection), what=f"{projection} test"
@@ -105,10 +105,8 @@ def summary(projection, table, result, model_path, seconds) -> str:
 
 def main(argv=None) -> int:
     args = parse_arguments(argv)
-    from breastdensity.predictions import write_predictions
-
     projections = PROJECTIONS if args.projection == "all" else (args.projection,)
-    tables, reports = {}, []
+    tables, reports, skipped = {}, [], 0
     try:
         for projection in projections:
             # Ignored files (.DS_Store, notes ...) are reported, not fatal.
@@ -121,13 +119,13 @@ def main(argv=None) -> int:
                         print(f"warning: {warning.message}", file=sys.stderr)
             tables[projection] = table
             reports.append(summary(projection, table, result, model_path, seconds))
+            skipped += len(result.skipped)
     except DatasetError as error:
         print(f"error: {error}\nNo prediction file was written.", file=sys.stderr)
         return 2
     # All projections succeeded: only now are the files written (atomically).
     written = write_predictions(args.output_dir, tables)
     print("\n".join(reports))
-    skipped = sum(line.count(" skipped ") for line in reports)
     if skipped:
         print(f"{skipped} unreadable file(s) skipped (--skip-bad).")
     print(f"Wrote {len(written)} files to {args.output_dir}/: {', '.join(p.name for p in written)}")

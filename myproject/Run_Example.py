@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+import papermill
+
 from breastdensity.conventions import PROJECTIONS
 
 HERE = Path(__file__).resolve().parent
@@ -52,13 +54,15 @@ def banner(text: str) -> None:
 
 
 def run_notebook(name: str, output: Path, parameters: dict) -> None:
-    import papermill
-
     output.parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(
-        str(HERE / name), str(output), parameters=parameters, cwd=str(Path.cwd()),
-        kernel_name="python3", progress_bar=False,
-    )  # fmt: skip
+        str(HERE / name),
+        str(output),
+        parameters=parameters,
+        cwd=str(Path.cwd()),
+        kernel_name="python3",
+        progress_bar=False,
+    )
 
 
 def main(argv=None) -> int:
@@ -69,10 +73,15 @@ def main(argv=None) -> int:
         banner("Stage 2: Prediction_ResNet.py")
         clock = time.perf_counter()
         command = [
-            sys.executable, str(HERE / "Prediction_ResNet.py"),
-            "--models-root", str(args.models_root), "--test-root", str(args.test_root),
-            "--output-dir", str(args.predictions_dir),
-        ]  # fmt: skip
+            sys.executable,
+            str(HERE / "Prediction_ResNet.py"),
+            "--models-root",
+            str(args.models_root),
+            "--test-root",
+            str(args.test_root),
+            "--output-dir",
+            str(args.predictions_dir),
+        ]
         if set(args.projections) == set(PROJECTIONS):
             subprocess.run([*command, "--projection", "all"], check=True)  # all or nothing
         else:

@@ -31,9 +31,35 @@ import sys
 import time
 from pathlib import Path
 
-from breastdensity.conventions import CLASSES, PROJECTIONS, DatasetError, model_dir
+import keras
+import tensorflow as tf
+
+from breastdensity.conventions import (
+    CHECKPOINT_PATTERN,
+    CLASSES,
+    FINAL_WEIGHTS,
+    PROJECTIONS,
+    DatasetError,
+    model_dir,
+)
+from breastdensity.network import build_resnet
+from breastdensity.training import (
+    BACKUP_FOLDER,
+    HistoryRecorder,
+    choose_strategy,
+    class_weights,
+    plot_curves,
+    save_config,
+    save_model,
+    training_datasets,
+)
 
 OPTIMIZERS = ("sgd", "sgd-nesterov", "rmsprop", "adam")
+
+
+def default_learning_rate(optimizer: str) -> float:
+    """0.01 for SGD (Keras' default, the reference's), 0.001 for the adaptive optimizers."""
+    return 0.01 if optimizer.startswith("sgd") else 0.001
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -79,7 +105,11 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         "the shipped CPU models used it for a 30-epoch run",
     )
     parser.add_argument(
-        "--learning-rate", type=float, default=None, help="default: 0.01 for SGD, 0.001 otherwise"
+        "--learning-rate",
+        type=float,
+        default=None,
+        help=f"default: {default_learning_rate('sgd')} for SGD, "
+        f"{default_learning_rate('adam')} otherwise",
     )
     parser.add_argument(
         "--lr-schedule",
@@ -134,15 +164,13 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         parser.error("--img-size must be at least 64")
     if args.batch_size < 1 or args.epochs < 1:
         parser.error("--batch-size and --epochs must be positive")
+    if args.learning_rate is None:
+        args.learning_rate = default_learning_rate(args.optimizer)
     return args
 
 
-def make_optimizer(name: str, learning_rate: float | None, decay_steps: int | None = None):
+def make_optimizer(name: str, learning_rate: float, decay_steps: int | None = None):
     """The optimizer; with decay_steps, its rate follows a cosine decay over that many steps."""
-    import keras
-
-    default = 0.01 if name.startswith("sgd") else 0.001
-    learning_rate = learning_rate or default
     if decay_steps:
         learning_rate = keras.optimizers.schedules.CosineDecay(
             learning_rate, decay_steps, alpha=0.01
@@ -161,8 +189,6 @@ def make_optimizer(name: str, learning_rate: float | None, decay_steps: int | No
 
 def prepare_model_dir(folder: Path, resume: bool) -> str:
     """'fresh', 'resume' or 'finished'; never silently reuse a folder with results."""
-    from breastdensity.training import BACKUP_FOLDER, FINAL_WEIGHTS
-
     if (folder / BACKUP_FOLDER).is_dir():
         if resume:
             return "resume"
@@ -189,22 +215,6 @@ def prepare_model_dir(folder: Path, resume: bool) -> str:
 
 
 def train_projection(projection: str, args: argparse.Namespace, strategy) -> Path | None:
-    import keras
-    import tensorflow as tf
-
-    from breastdensity.network import build_resnet
-    from breastdensity.training import (
-        BACKUP_FOLDER,
-        CHECKPOINT_PATTERN,
-        FINAL_WEIGHTS,
-        HistoryRecorder,
-        class_weights,
-        plot_curves,
-        save_config,
-        save_model,
-        training_datasets,
-    )
-
     folder = model_dir(args.models_root, projection)
     state = prepare_model_dir(folder, args.resume)
     if state == "finished":
@@ -265,7 +275,7 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
         checkpoint,
         *([plateau] if plateau else []),
         keras.callbacks.TensorBoard(log_dir=str(folder / "logs" / time.strftime("%Y%m%d-%H%M%S"))),
-        HistoryRecorder(folder, plateau=plateau, checkpoint=checkpoint),
+        HistoryRecorder(folder, checkpoint=checkpoint),
         # Last: it saves model + optimizer state after every other callback has
         # run, so a resumed run starts from a fully recorded epoch.
         # double_checkpoint keeps the previous backup: a kill during the save
@@ -280,8 +290,7 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
         "replicas": replicas,
         "epochs": args.epochs,
         "optimizer": args.optimizer,
-        "learning_rate": args.learning_rate
-        or (0.01 if args.optimizer.startswith("sgd") else 0.001),
+        "learning_rate": args.learning_rate,
         "lr_schedule": args.lr_schedule,
         "seed": args.seed,
         "mixed_precision": args.mixed_precision,
@@ -319,15 +328,9 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
 
 def main(argv=None) -> int:
     args = parse_arguments(argv)
-    from breastdensity.training import choose_strategy
-
     # The strategy comes first: splitting the CPU must precede any TF device use.
     strategy = choose_strategy(args.cpu_replicas)
-    import keras
-
     if args.mixed_precision:
-        import tensorflow as tf
-
         on_gpu = bool(tf.config.list_logical_devices("GPU"))
         keras.mixed_precision.set_global_policy("mixed_float16" if on_gpu else "mixed_bfloat16")
     keras.utils.set_random_seed(args.seed)

@@ -42,3 +42,25 @@ def corner_model(weight: float = 4.0):
     initializer = keras.initializers.Constant([[-weight, weight]] * 3)
     logits = keras.layers.Dense(2, kernel_initializer=initializer)(pooled)
     return keras.Model(inputs, keras.layers.Softmax()(logits))
+
+
+def known_head_network(size: int, seed: int = 3):
+    """The real architecture, seeded random weights, and a classification head with known answers.
+
+    Class 0 weighs every feature map positively and has a large bias, so it is
+    always the predicted class and its Grad-CAM cannot be empty; class 1
+    weighs every map by zero, so its Grad-CAM must be empty. Classes 2 and 3
+    keep their random weights.
+    """
+    import keras
+
+    from breastdensity.network import build_resnet
+
+    keras.utils.set_random_seed(seed)
+    model = build_resnet(size)
+    head = [layer for layer in model.layers if isinstance(layer, keras.layers.Dense)][-1]
+    kernel, bias = head.get_weights()
+    kernel[:, 0], kernel[:, 1] = 0.05, 0.0
+    bias[0] = 10.0
+    head.set_weights([kernel, bias])
+    return model

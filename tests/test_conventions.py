@@ -1,9 +1,15 @@
 import pytest
 
 from breastdensity.conventions import (
-    CLASSES,
+    CHECKPOINT_PATTERN,
+    FINAL_WEIGHTS,
     DatasetError,
     DataWarning,
+    best_checkpoint,
+    checkpoint_accuracy,
+    checkpoint_epoch,
+    default_model_path,
+    dense_mask_path,
     image_file_name,
     list_class_images,
     model_dir,
@@ -12,8 +18,32 @@ from breastdensity.conventions import (
 )
 
 
-def test_class_and_projection_order():
-    assert CLASSES == ("A", "B", "C", "D")
+def test_best_checkpoint_by_accuracy_then_latest_epoch(tmp_path):
+    folder = model_dir(tmp_path, "CC_R")
+    folder.mkdir()
+    assert best_checkpoint(folder) is None
+    for epoch, accuracy in ((1, 0.5), (3, 0.75), (7, 0.75), (9, 0.25)):
+        name = CHECKPOINT_PATTERN.format(epoch=epoch, val_acc=accuracy)
+        (folder / name).touch()
+    (folder / FINAL_WEIGHTS).touch()  # a checkpoint is preferred to the last epoch's weights
+    best = best_checkpoint(folder)
+    assert best.name == "weights-improvement-07-0.75.keras"
+    assert (checkpoint_epoch(best), checkpoint_accuracy(best)) == (7, 0.75)
+    assert default_model_path(tmp_path, "CC_R") == best
+
+
+def test_default_model_falls_back_to_final_weights_and_says_how_to_get_one(tmp_path):
+    folder = model_dir(tmp_path, "CC_L")
+    folder.mkdir()
+    with pytest.raises(DatasetError, match="Train_ResNet.py"):
+        default_model_path(tmp_path, "CC_L")
+    (folder / FINAL_WEIGHTS).touch()
+    assert default_model_path(tmp_path, "CC_L") == folder / FINAL_WEIGHTS
+
+
+def test_mask_of_a_test_image():
+    path = dense_mask_path("DenseMasks/TestSet", "MLO_R", "C", "te0001_C_MLO_R.png")
+    assert path.as_posix() == "DenseMasks/TestSet/MLO_R/test/C/te0001_C_MLO_R.png"
 
 
 def test_parse_image_name():

@@ -73,9 +73,17 @@ def make_tables(rng, subjects=("s1", "s2", "s3", "s4"), labels="ABCD"):
     tables = {}
     for projection in PROJECTIONS:
         probabilities = rng.dirichlet(np.ones(4), size=len(subjects))
-        table = pd.DataFrame({"filename": [f"{s}_{label}_{projection}.png" for s, label in zip(subjects, labels, strict=True)],
-                              "subject": list(subjects), "projection": projection,
-                              "true_label": list(labels)})  # fmt: skip
+        table = pd.DataFrame(
+            {
+                "filename": [
+                    f"{s}_{label}_{projection}.png"
+                    for s, label in zip(subjects, labels, strict=True)
+                ],
+                "subject": list(subjects),
+                "projection": projection,
+                "true_label": list(labels),
+            }
+        )
         table["predicted_label"] = [CLASSES[i] for i in probabilities.argmax(1)]
         for i, c in enumerate(CLASSES):
             table[c] = probabilities[:, i]

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import papermill
 import pytest
-from conftest import MYPROJECT
+from conftest import MYPROJECT, known_head_network
 
 from breastdensity.conventions import PROJECTIONS, list_class_images, projection_test_folder
 from breastdensity.network import build_resnet
@@ -16,6 +16,11 @@ from breastdensity.phantoms import generate_dataset
 from breastdensity.predictions import predictions_table, write_predictions
 
 NOTEBOOKS = sorted(MYPROJECT.glob("*.ipynb"))
+SETUP_CELL = next(
+    cell.source
+    for cell in nbformat.read(MYPROJECT / "Figure_merit.ipynb", as_version=4).cells
+    if cell.cell_type == "code"
+)
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
@@ -27,7 +32,9 @@ def test_committed_without_outputs_and_with_one_parameters_cell(path):
     tagged = [cell for cell in code if "parameters" in cell.metadata.get("tags", [])]
     assert len(tagged) == 1
     assert "colab-badge" in notebook.cells[0].source
-    assert "Setup environment" in code[0].source and "IN_COLAB" in code[0].source
+    # the same short setup cell everywhere; the work is in notebook_setup.py
+    assert code[0].source == SETUP_CELL
+    assert code[0].source.endswith("import notebook_setup  # noqa: F401")
     assert set(notebook.metadata) <= {"kernelspec", "language_info"}  # no personal metadata
 
 
@@ -77,7 +84,13 @@ def test_figure_merit_notebook_runs(predictions, tmp_path):
     metrics = pd.read_csv(tmp_path / "out" / "metrics.csv", index_col=0)
     assert metrics.index.tolist() == ["CC_R", "MLO_R", "right", "CC_L", "MLO_L", "left", "total"]
     assert metrics["n"].tolist() == [8] * 7
-    assert metrics.loc["total", "accuracy"] >= metrics[["accuracy"]].min().item()
+    # the subject-level accuracy, recomputed here from the prediction files
+    stacked = pd.concat(pd.read_csv(p) for p in predictions.glob("*.csv"))
+    fused = stacked.groupby("subject").agg(
+        true_label=("true_label", "first"), **{c: (c, "mean") for c in "ABCD"}
+    )
+    expected = (fused[list("ABCD")].idxmax(axis=1) == fused["true_label"]).mean()
+    assert metrics.loc["total", "accuracy"] == pytest.approx(expected)
     figures = sorted(p.name for p in (tmp_path / "out" / "CONFUSION_MATRICES").iterdir())
     assert figures == sorted(
         f"confusionmatrix_{s}.png" for s in ("CCR", "MLOR", "CCL", "MLOL", "right", "left", "total")
@@ -119,9 +132,8 @@ def test_figure_merit_stops_on_missing_subjects_unless_told(predictions, tmp_pat
 
 
 def test_class_activation_maps_notebook_runs(phantom_test_set, tmp_path):
-    keras.utils.set_random_seed(0)
     model_path = tmp_path / "tiny.keras"
-    build_resnet(64).save(model_path)
+    known_head_network(64).save(model_path)  # predicts A, with a non-empty Grad-CAM
     execute(
         "ClassActivationMaps.ipynb",
         tmp_path / "executed.ipynb",
@@ -146,7 +158,7 @@ def test_class_activation_maps_notebook_runs(phantom_test_set, tmp_path):
             assert all((folder / name).is_file() for name in expected), row.file
         else:
             assert not any((folder / name).exists() for name in expected)
-    assert (summary.status == "written").sum() >= 1
+    assert (summary.status == "written").all() and (summary.predicted_label == "A").all()
     assert len(list((tmp_path / "MAPS").rglob("*_methods.png"))) == 1
 
 
@@ -156,13 +168,23 @@ def test_explainability_evaluation_notebook_runs(phantom_test_set, tmp_path):
     build_resnet(64).save(tmp_path / "models" / "CC_R_model" / "final_weights.keras")
     masks = phantom_test_set.parent / "DenseMasks" / "TestSet"
     execute(
-        "Explainability_evaluation.ipynb", tmp_path / "executed.ipynb",
-        models_root=str(tmp_path / "models"), test_root=str(phantom_test_set), masks_root=str(masks),
-        output_dir=str(tmp_path / "out"), projections=["CC_R", "MLO_L"], max_per_class=1,
-        slow_max_per_class=1, fidelity_steps=4, robustness_methods=["gradcam", "random"],
-        robustness_max_per_class=1, sanity_images=2, score_cam_max_channels=2, smooth_samples=2,
+        "Explainability_evaluation.ipynb",
+        tmp_path / "executed.ipynb",
+        models_root=str(tmp_path / "models"),
+        test_root=str(phantom_test_set),
+        masks_root=str(masks),
+        output_dir=str(tmp_path / "out"),
+        projections=["CC_R", "MLO_L"],
+        max_per_class=1,
+        slow_max_per_class=1,
+        fidelity_steps=4,
+        robustness_methods=["gradcam", "random"],
+        robustness_max_per_class=1,
+        sanity_images=2,
+        score_cam_max_channels=2,
+        smooth_samples=2,
         ig_steps=4,
-    )  # fmt: skip
+    )
     scores = pd.read_csv(tmp_path / "out" / "explanation_scores.csv")
     assert list(scores.columns[:9]) == [
         "image",

@@ -20,15 +20,15 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "myproject"))
 
-from breastdensity.conventions import PROJECTIONS, model_dir  # noqa: E402
-from breastdensity.training import (  # noqa: E402
+import keras  # noqa: E402
+
+from breastdensity.conventions import (  # noqa: E402
     CONFIG_FILE,
-    CURVES_FILE,
-    HISTORY_CSV,
-    HISTORY_FILES,
+    PROJECTIONS,
     best_checkpoint,
-    save_model,
+    model_dir,
 )
+from breastdensity.training import CURVES_FILE, HISTORY_CSV, HISTORY_FILES, save_model  # noqa: E402
 
 
 def main() -> None:
@@ -40,8 +40,6 @@ def main() -> None:
         "--to", type=Path, default=REPO / "myproject", help="models root to ship into"
     )
     args = parser.parse_args()
-    import keras
-
     for projection in PROJECTIONS:
         source, target = model_dir(args.source, projection), model_dir(args.to, projection)
         best = best_checkpoint(source)

@@ -11,7 +11,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
+from .conventions import CLASSES
+from .metrics import figures_of_merit, fuse, label_indices
 from .preprocessing import read_grayscale
 
 
@@ -25,6 +31,16 @@ def breast_statistics(paths) -> np.ndarray:
             raise ValueError(f"{path}: no breast pixel (the image is all zero)")
         features.append((breast.mean(), breast.std()))
     return np.asarray(features, dtype=np.float64)
+
+
+def _scores(table: pd.DataFrame, prefix: str) -> dict[str, float]:
+    """Accuracy, linear kappa and dense accuracy of a prediction table (``metrics``' definitions)."""
+    y_true = label_indices(table["true_label"])
+    y_pred = table[list(CLASSES)].to_numpy().argmax(axis=1)
+    merit = figures_of_merit(y_true, y_pred)
+    return {
+        f"{prefix}_{name}": merit[name] for name in ("accuracy", "kappa_linear", "dense_accuracy")
+    }
 
 
 def trivial_baseline(
@@ -41,17 +57,9 @@ def trivial_baseline(
 
     Returns:
         dict with accuracy, linear kappa and dense-vs-non-dense accuracy per
-        image, and the same per subject (probabilities of the four projections
-        averaged, as the CNN's ``total``), plus image counts.
+        image, and the same per subject (the four projections fused by
+        ``metrics.fuse``, as the CNN's ``total``), plus image counts.
     """
-    import pandas as pd
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.metrics import accuracy_score, cohen_kappa_score
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from .conventions import CLASSES
-
     train_dir = Path(train_dir)
     test_dir = Path(test_dir) if test_dir is not None else train_dir
     train_manifest = pd.read_csv(train_dir / "manifest.csv", dtype={"subject": str})
@@ -65,32 +73,17 @@ def trivial_baseline(
     model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=1000))
     model.fit(breast_statistics(train_dir / train["file"]), train["class"])
     probabilities = model.predict_proba(breast_statistics(test_dir / test["file"]))
-    columns = list(model.classes_)
-    table = pd.DataFrame(probabilities, columns=columns).reindex(
+    table = pd.DataFrame(probabilities, columns=list(model.classes_)).reindex(
         columns=list(CLASSES), fill_value=0.0
     )
-    table["subject"], table["true"] = test["subject"], test["class"]
-    table["predicted"] = [CLASSES[i] for i in table[list(CLASSES)].to_numpy().argmax(axis=1)]
-    fused = table.groupby("subject").agg(
-        true=("true", "first"), **{c: (c, "mean") for c in CLASSES}
-    )
-    fused["predicted"] = [CLASSES[i] for i in fused[list(CLASSES)].to_numpy().argmax(axis=1)]
-
-    def scores(frame, prefix):
-        dense = frame["true"].isin(["C", "D"]) == frame["predicted"].isin(["C", "D"])
-        return {
-            f"{prefix}_accuracy": float(accuracy_score(frame["true"], frame["predicted"])),
-            f"{prefix}_kappa_linear": float(
-                cohen_kappa_score(
-                    frame["true"], frame["predicted"], labels=list(CLASSES), weights="linear"
-                )
-            ),
-            f"{prefix}_dense_accuracy": float(dense.mean()),
-        }
-
+    table["subject"], table["true_label"] = test["subject"], test["class"]
+    table["filename"], table["projection"] = test["file"], test["projection"]
+    # the same table layout as the CNN's prediction files, so the same fusion applies
+    per_projection = {p: group for p, group in table.groupby("projection")}
+    fused, _ = fuse(per_projection, tuple(per_projection))
     return {
-        **scores(table, "image"),
-        **scores(fused, "subject"),
+        **_scores(table, "image"),
+        **_scores(fused, "subject"),
         "train_images": len(train),
         "test_images": len(test),
         "test_subjects": len(fused),

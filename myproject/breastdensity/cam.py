@@ -14,16 +14,17 @@ the other classes score and can vanish when p_c is close to 1.
 Target layer: ``LAST_RESIDUAL_LAYER``, the output of the last residual module
 (the network's last and most semantic feature maps, H/32 x W/32 x 256). From
 there to the score there are only dropout, global average pooling and the dense
-layer, so one map costs about one forward pass. ``grad_cam`` does it for a
-batch in one compiled TensorFlow function; a test checks it equals
+layer, so one map costs about one forward pass. ``GradCam(model)`` compiles it
+once for a model and then maps a batch per call; a test checks it equals
 tf-keras-vis' ``Gradcam`` (which rebuilds a model at every call and runs
-eagerly, about 4x slower here).
+eagerly, about 4x slower here). ClassActivationMaps.ipynb writes the same
+computation out in a few eager lines and checks it against this one.
 """
 
 from __future__ import annotations
 
-import weakref
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import keras
@@ -68,7 +69,20 @@ class CamResult:
 
 
 class GradCam:
-    """Batched Grad-CAM for one model, compiled once and reused for every batch."""
+    """Batched Grad-CAM for one model, compiled once and reused for every batch.
+
+    ``GradCam(model)(images, classes)``:
+
+    Args (of the call):
+        images: (B, H, W, 3) float32, preprocessed by ``breastdensity.preprocessing``.
+        classes: (B,) class indices to explain; None explains the predicted class.
+        expand: resize the maps to the input size (else the raw h x w maps).
+
+    Returns:
+        CamResult with ``maps`` (B, H, W) in [0, 1] (all zero and ``valid``
+        False when the gradients vanish), the explained classes and the
+        model's probabilities. The model itself is not modified.
+    """
 
     def __init__(self, model: keras.Model, layer_name: str = LAST_RESIDUAL_LAYER):
         linear = linear_copy(model)
@@ -108,31 +122,6 @@ class GradCam:
         maps = expand_maps(raw, self.input_size) if expand else raw
         maps = normalize_maps(maps) * valid[:, None, None]  # empty maps stay all zero
         return CamResult(maps.astype(np.float32), raw, chosen, probabilities, valid)
-
-
-_CACHE: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
-
-
-def grad_cam(
-    model: keras.Model, images, classes=None, layer_name: str = LAST_RESIDUAL_LAYER
-) -> CamResult:
-    """Grad-CAM maps of a batch of preprocessed images: THE function the stages call.
-
-    Args:
-        model: a trained classifier (softmax output); it is not modified.
-        images: (B, H, W, 3) float32, preprocessed by ``breastdensity.preprocessing``.
-        classes: (B,) class indices to explain; None explains the predicted class.
-        layer_name: the convolutional layer whose maps are weighted.
-
-    Returns:
-        CamResult with ``maps`` (B, H, W) in [0, 1] (all zero and ``valid``
-        False when the gradients vanish), the explained classes and the
-        model's probabilities.
-    """
-    per_model = _CACHE.setdefault(model, {})
-    if layer_name not in per_model:
-        per_model[layer_name] = GradCam(model, layer_name)
-    return per_model[layer_name](images, classes)
 
 
 # ----------------------------------------------------------------------------
@@ -222,16 +211,14 @@ def cam_file_names(predicted: str, stem: str, size: int) -> dict[str, str]:
         "map": f"{predicted}_{stem}_map.png",
         "overlay": f"{predicted}_{stem}_overlay.png",
         "contours": f"{predicted}_{stem}_contours.png",
+        "methods": f"{predicted}_{stem}_methods.png",  # the method-comparison grid
     }
 
 
-def _write_png(path, image) -> None:
-    from .files import atomic_write
-
-    ok, buffer = cv2.imencode(".png", image)
-    if not ok:
-        raise RuntimeError(f"cannot encode {path}")
-    atomic_write(path, lambda target: target.write_bytes(buffer.tobytes()))
+def _write_png(path: Path, image: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(path), image):
+        raise OSError(f"cannot write {path}")
 
 
 def write_cam_images(
@@ -258,8 +245,6 @@ def write_cam_images(
     Returns:
         name -> path of the files written.
     """
-    from pathlib import Path
-
     folder = Path(folder)
     names = cam_file_names(predicted, stem, network_input.shape[0])
     stretched = to_image_size(cam, gray.shape)  # back to the real aspect ratio

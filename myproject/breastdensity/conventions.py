@@ -7,6 +7,10 @@ dataset layout of the reference tutorial are written down::
     <data_root>/ValidationSet/<PROJ>/validation/<CLASS>/...
     <test_root>/<PROJ>/test/<CLASS>/...          (test_root is usually TestSet)
     <models_root>/<PROJ>_model/                   (checkpoints, history, logs)
+    <masks_root>/<PROJ>/test/<CLASS>/<same name>  (dense-tissue masks, 255 = dense;
+                                                   masks_root is usually DenseMasks/TestSet)
+
+It imports nothing from the rest of the package: every stage may use it, it uses no stage.
 """
 
 from __future__ import annotations
@@ -19,12 +23,6 @@ from pathlib import Path
 # BI-RADS density classes; the index in this tuple is the class index (0..3)
 # used by every model output, prediction file and metric.
 CLASSES = ("A", "B", "C", "D")
-CLASS_DESCRIPTIONS = {
-    "A": "almost entirely fatty",
-    "B": "scattered fibroglandular densities",
-    "C": "heterogeneously dense",
-    "D": "extremely dense",
-}
 NUM_CLASSES = len(CLASSES)
 
 # Mammographic projections (views): craniocaudal and mediolateral oblique,
@@ -42,6 +40,14 @@ SPLIT_FOLDERS = {
 
 # Extensions the loaders accept (those Keras' old directory iterator accepted).
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".ppm", ".tif", ".tiff")
+
+# What stage 1 writes into <PROJ>_model/ and stages 2-4 read back.
+CHECKPOINT_PATTERN = "weights-improvement-{epoch:02d}-{val_acc:.2f}.keras"
+FINAL_WEIGHTS = "final_weights.keras"
+CONFIG_FILE = "training_config.json"
+
+# Dense-tissue masks beside a dataset: <data_root>/DenseMasks/<same tree as the images>.
+DENSE_MASKS = "DenseMasks"
 
 _IMAGE_NAME = re.compile(
     r"^(?P<subject>.+)_(?P<label>[ABCD])_(?P<projection>CC_R|CC_L|MLO_R|MLO_L)$"
@@ -113,6 +119,48 @@ def projection_test_folder(test_root: str | Path, projection: str) -> Path:
 def model_dir(models_root: str | Path, projection: str) -> Path:
     """``<models_root>/<PROJ>_model``."""
     return Path(models_root) / f"{projection}_model"
+
+
+def dense_mask_path(masks_root: str | Path, projection: str, label: str, file_name: str) -> Path:
+    """``<masks_root>/<PROJ>/test/<CLASS>/<file_name>``: the mask of a test image.
+
+    ``masks_root`` mirrors ``test_root``: ``DenseMasks/TestSet`` for ``TestSet``.
+    """
+    return projection_test_folder(masks_root, projection) / label / file_name
+
+
+def checkpoint_epoch(path: str | Path) -> int:
+    """Epoch number of a ``weights-improvement-EE-A.AA.keras`` file name."""
+    return int(Path(path).name.split("-")[2])
+
+
+def checkpoint_accuracy(path: str | Path) -> float:
+    """Validation accuracy in a ``weights-improvement-EE-A.AA.keras`` file name."""
+    return float(Path(path).name.split("-")[3].removesuffix(".keras"))
+
+
+def best_checkpoint(folder: str | Path) -> Path | None:
+    """The checkpoint with the highest validation accuracy in its name (latest epoch on ties)."""
+    candidates = sorted(Path(folder).glob("weights-improvement-*-*.keras"))
+    if not candidates:
+        return None
+    return max(candidates, key=lambda p: (checkpoint_accuracy(p), checkpoint_epoch(p)))
+
+
+def default_model_path(models_root: str | Path, projection: str) -> Path:
+    """The best checkpoint of ``<models_root>/<PROJ>_model/`` (by validation accuracy
+    in its name), else its ``final_weights.keras``."""
+    folder = model_dir(models_root, projection)
+    best = best_checkpoint(folder)
+    if best is not None:
+        return best
+    final = folder / FINAL_WEIGHTS
+    if final.exists():
+        return final
+    raise DatasetError(
+        f"no trained model in {folder}: expected weights-improvement-*.keras or {FINAL_WEIGHTS} "
+        "(train one with Train_ResNet.py, or pass --model)"
+    )
 
 
 def check_projection(projection: str) -> str:

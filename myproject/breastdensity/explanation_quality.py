@@ -19,13 +19,18 @@ network input.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import cv2
 import numpy as np
 from scipy.stats import spearmanr
+from skimage.filters import threshold_multiotsu
+from skimage.metrics import structural_similarity
 from sklearn.metrics import roc_auc_score
 
-from .preprocessing import normalize
+from .cam import to_image_size
+from .conventions import CLASSES
+from .preprocessing import normalize, read_grayscale, read_mask, resize
 
 # ----------------------------------------------------------------------------
 # Where to score: the breast without the pectoral muscle
@@ -204,7 +209,6 @@ SANITY_THRESHOLD = 0.5  # |rank correlation| above this with a random network: t
 
 
 def map_ssim(first: np.ndarray, second: np.ndarray) -> float:
-    from skimage.metrics import structural_similarity
 
     return float(structural_similarity(first, second, data_range=1.0))
 
@@ -240,9 +244,13 @@ def _affine_matrix(size, angle=8.0, scale=1.06, shift=(0.04, -0.03)):
 def _warp(array, matrix):
     height, width = array.shape[:2]
     return cv2.warpAffine(
-        array.astype(np.float32), matrix, (width, height), flags=cv2.INTER_LINEAR,
-        borderMode=cv2.BORDER_CONSTANT, borderValue=0,
-    )  # fmt: skip
+        array.astype(np.float32),
+        matrix,
+        (width, height),
+        flags=cv2.INTER_LINEAR,
+        borderMode=cv2.BORDER_CONSTANT,
+        borderValue=0,
+    )
 
 
 def transformations(size: tuple[int, int]) -> list[Transformation]:
@@ -263,8 +271,12 @@ def transformations(size: tuple[int, int]) -> list[Transformation]:
 
     return [
         Transformation("log", _inside_breast(lambda x, rng: 255 * np.log1p(x) / np.log1p(255.0))),
-        Transformation("gaussian_noise", _inside_breast(lambda x, rng: x + rng.normal(0, 0.05 * 255, x.shape))),
-        Transformation("speckle_noise", _inside_breast(lambda x, rng: x + x * rng.normal(0, 0.1, x.shape))),
+        Transformation(
+            "gaussian_noise", _inside_breast(lambda x, rng: x + rng.normal(0, 0.05 * 255, x.shape))
+        ),
+        Transformation(
+            "speckle_noise", _inside_breast(lambda x, rng: x + x * rng.normal(0, 0.1, x.shape))
+        ),
         Transformation("black_rectangle", black_rectangle),
         Transformation(
             "affine",
@@ -273,9 +285,11 @@ def transformations(size: tuple[int, int]) -> list[Transformation]:
             valid=lambda shape: _warp(valid_after_warp(shape).astype(np.float32), inverse) > 0.99,
         ),
         Transformation(
-            "rotate_180", lambda x, rng: np.rot90(x, 2).copy(), undo=lambda cam: np.rot90(cam, 2).copy()
+            "rotate_180",
+            lambda x, rng: np.rot90(x, 2).copy(),
+            undo=lambda cam: np.rot90(cam, 2).copy(),
         ),
-    ]  # fmt: skip
+    ]
 
 
 # ----------------------------------------------------------------------------
@@ -296,7 +310,6 @@ def estimate_dense_mask(
     three). Like LIBRA it relies on dense tissue being brighter than fat after
     the image's own processing; it is an estimate, not a ground truth.
     """
-    from skimage.filters import threshold_multiotsu
 
     region = scoring_region(image, projection)
     radius = max(1, round(0.02 * image.shape[1]))
@@ -318,13 +331,29 @@ def percent_density(mask: np.ndarray, region: np.ndarray) -> float:
 # ----------------------------------------------------------------------------
 
 SCORE_COLUMNS = [
-    "image", "projection", "method", "auc", "pointing_game", "relevance_mass", "best_dice",
-    "deletion_auc", "insertion_auc", "image_map_spearman", "true_label", "predicted_label",
+    "image",
+    "projection",
+    "method",
+    "auc",
+    "pointing_game",
+    "relevance_mass",
+    "best_dice",
+    "deletion_auc",
+    "insertion_auc",
+    "image_map_spearman",
+    "true_label",
+    "predicted_label",
     "mask_source",
-]  # fmt: skip
+]
 ROBUSTNESS_COLUMNS = [
-    "image", "method", "transformation", "prediction_kept", "map_similarity", "map_ssim", "projection",
-]  # fmt: skip
+    "image",
+    "method",
+    "transformation",
+    "prediction_kept",
+    "map_similarity",
+    "map_ssim",
+    "projection",
+]
 
 
 @dataclass
@@ -344,10 +373,6 @@ class PreparedImage:
 
 def prepare_image(record, projection: str, size, mask_path=None) -> PreparedImage:
     """Read an image (and its mask, if the file exists; else estimate one)."""
-    from pathlib import Path
-
-    from .phantoms import read_mask
-    from .preprocessing import read_grayscale, resize
 
     gray = read_grayscale(record.path)
     original = np.uint8(np.round(gray))
@@ -363,9 +388,16 @@ def prepare_image(record, projection: str, size, mask_path=None) -> PreparedImag
     resized = resize(gray, size)
     network_region = resize(region.astype(np.float32), size) > 0.5
     return PreparedImage(
-        record.path.name, projection, record.label, original, region, mask & region, source,
-        resized, network_region,
-    )  # fmt: skip
+        record.path.name,
+        projection,
+        record.label,
+        original,
+        region,
+        mask & region,
+        source,
+        resized,
+        network_region,
+    )
 
 
 def network_input(resized: np.ndarray) -> np.ndarray:
@@ -375,8 +407,6 @@ def network_input(resized: np.ndarray) -> np.ndarray:
 
 def score_image(explainer, image: PreparedImage, methods, fidelity_steps: int = 20):
     """One row of ``explanation_scores.csv`` per method, and the maps (S, S) by method."""
-    from .cam import to_image_size
-    from .conventions import CLASSES
 
     inputs = network_input(image.resized)
     probabilities = explainer.model.predict(inputs, verbose=0)[0]

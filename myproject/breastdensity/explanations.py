@@ -29,10 +29,20 @@ Score-CAM and occlusion use the softmax probability, as their papers do.
 
 from __future__ import annotations
 
+from pathlib import Path
+
+import cv2
+import matplotlib.pyplot as plt
 import numpy as np
 import tensorflow as tf
+from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
+from tf_keras_vis.layercam import Layercam
+from tf_keras_vis.saliency import Saliency
+from tf_keras_vis.scorecam import Scorecam
+from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
+from tf_keras_vis.utils.scores import CategoricalScore
 
-from .cam import GradCam, linear_copy, normalize_maps
+from .cam import GradCam, linear_copy, normalize_maps, overlay, to_image_size
 from .network import LAST_RESIDUAL_LAYER
 
 METHODS = (
@@ -101,12 +111,6 @@ class Explainer:
     def _vis(self, name):
         """tf-keras-vis objects, created on first use (each clones the model once)."""
         if name not in self._library:
-            from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
-            from tf_keras_vis.layercam import Layercam
-            from tf_keras_vis.saliency import Saliency
-            from tf_keras_vis.scorecam import Scorecam
-            from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
-
             factories = {
                 "gradcam++": lambda: GradcamPlusPlus(self.model, ReplaceToLinear(), clone=True),
                 "layercam": lambda: Layercam(self.model, ReplaceToLinear(), clone=True),
@@ -120,8 +124,6 @@ class Explainer:
 
     def explain(self, method: str, images, classes=None) -> np.ndarray:
         """Maps (B, H, W) in [0, 1] of ``method`` for ``classes`` (None: the predicted ones)."""
-        from tf_keras_vis.utils.scores import CategoricalScore
-
         images = np.asarray(images, np.float32)
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
@@ -266,12 +268,6 @@ def plot_method_grid(gray, maps: dict[str, np.ndarray], title: str, path=None, a
         title: figure title.
         path: where to save the PNG (None: only return the figure).
     """
-    import cv2
-    import matplotlib.pyplot as plt
-
-    from .cam import overlay, to_image_size
-    from .files import atomic_write
-
     columns = len(maps) + 1
     aspect = gray.shape[0] / gray.shape[1]
     figure, axes = plt.subplots(1, columns, figsize=(2.2 * columns, 2.2 * aspect + 0.6))
@@ -286,5 +282,6 @@ def plot_method_grid(gray, maps: dict[str, np.ndarray], title: str, path=None, a
     figure.suptitle(title, fontsize=9)
     figure.tight_layout()
     if path is not None:
-        atomic_write(path, lambda target: figure.savefig(target, dpi=110))
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=110)
     return figure

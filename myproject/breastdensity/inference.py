@@ -5,34 +5,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import keras
 import numpy as np
 import tensorflow as tf
 
-from .conventions import NUM_CLASSES, DatasetError, ImageRecord, model_dir
+from .conventions import NUM_CLASSES, DatasetError, ImageRecord
 from .preprocessing import make_dataset, model_image_size
-from .training import FINAL_WEIGHTS, best_checkpoint
-
-
-def default_model_path(models_root: str | Path, projection: str) -> Path:
-    """The best checkpoint of ``<models_root>/<PROJ>_model/`` (by validation accuracy
-    in its name), else its ``final_weights.keras``."""
-    folder = model_dir(models_root, projection)
-    best = best_checkpoint(folder)
-    if best is not None:
-        return best
-    final = folder / FINAL_WEIGHTS
-    if final.exists():
-        return final
-    raise DatasetError(
-        f"no trained model in {folder}: expected weights-improvement-*.keras or {FINAL_WEIGHTS} "
-        "(train one with Train_ResNet.py, or pass --model)"
-    )
 
 
 def load_model(path: str | Path):
     """Load a .keras classifier for inference and check it fits the pipeline."""
-    import keras
-
     path = Path(path)
     if not path.is_file():
         raise DatasetError(f"model file {path} does not exist")

@@ -11,8 +11,10 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from scipy.stats import bootstrap
 from sklearn.metrics import (
     ConfusionMatrixDisplay,
     accuracy_score,
@@ -30,9 +32,19 @@ from .conventions import CLASSES, PROJECTIONS, SIDES, DatasetError
 GROUPS = ("CC_R", "MLO_R", "right", "CC_L", "MLO_L", "left", "total")
 GROUP_MEMBERS = {**{p: (p,) for p in PROJECTIONS}, **SIDES, "total": PROJECTIONS}
 # Suffix of confusionmatrix_<suffix>.png, as the reference named them.
-FIGURE_SUFFIX = {"CC_R": "CCR", "MLO_R": "MLOR", "CC_L": "CCL", "MLO_L": "MLOL",
-                 "right": "right", "left": "left", "total": "total"}  # fmt: skip
+FIGURE_SUFFIX = {
+    **{projection: projection.replace("_", "") for projection in PROJECTIONS},  # CC_R -> CCR
+    **{group: group for group in ("right", "left", "total")},
+}
 LABELS = list(range(len(CLASSES)))
+# Columns of metrics.csv, in this order.
+METRICS_COLUMNS = [
+    "n",
+    *("accuracy", "accuracy_ci_low", "accuracy_ci_high"),
+    *("recall", "precision", "f1"),
+    *("kappa_linear", "kappa_linear_ci_low", "kappa_linear_ci_high", "kappa_quadratic"),
+    *("dense_accuracy", "auc_ovr"),
+]
 
 
 def label_indices(labels) -> np.ndarray:
@@ -95,8 +107,6 @@ def bootstrap_ci(y_true, y_pred, statistic, n_resamples=2000, confidence=0.95, s
     Cases (images or subjects) are resampled with replacement, keeping each
     true/predicted pair together (scipy.stats.bootstrap, paired).
     """
-    from scipy.stats import bootstrap
-
     y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
     if len(y_true) < 2:
         return (float("nan"), float("nan"))
@@ -239,13 +249,8 @@ def metrics_table(
             low, high = bootstrap_ci(y_true, y_pred, function, n_resamples=n_resamples, seed=seed)
             row[f"{name}_ci_low"], row[f"{name}_ci_high"] = low, high
         rows[group] = row
-    columns = [
-        "n", "accuracy", "accuracy_ci_low", "accuracy_ci_high", "recall", "precision", "f1",
-        "kappa_linear", "kappa_linear_ci_low", "kappa_linear_ci_high", "kappa_quadratic",
-        "dense_accuracy", "auc_ovr",
-    ]  # fmt: skip
     table = pd.DataFrame.from_dict(rows, orient="index").reindex(
-        index=list(GROUPS), columns=columns
+        index=list(GROUPS), columns=METRICS_COLUMNS
     )
     table["n"] = table["n"].astype("Int64")  # a count, empty where not computed
     table.index.name = "group"
@@ -254,10 +259,6 @@ def metrics_table(
 
 def plot_confusion_matrices(table: pd.DataFrame, title: str, path: str | Path | None = None):
     """Counts and row-normalised confusion matrices side by side (scikit-learn displays)."""
-    import matplotlib.pyplot as plt
-
-    from .files import atomic_write
-
     y_true = label_indices(table["true_label"])
     y_pred = label_indices(table["predicted_label"])
     figure, axes = plt.subplots(1, 2, figsize=(9.5, 4.2))
@@ -274,5 +275,6 @@ def plot_confusion_matrices(table: pd.DataFrame, title: str, path: str | Path | 
     figure.suptitle(title)
     figure.tight_layout()
     if path is not None:
-        atomic_write(path, lambda target: figure.savefig(target, dpi=300))
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        figure.savefig(path, dpi=300)
     return figure

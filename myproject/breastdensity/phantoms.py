@@ -27,13 +27,21 @@ neighbouring classes overlap as they do between human readers.
 from __future__ import annotations
 
 import math
+import multiprocessing
+import shutil
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import cv2
+import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
+from tqdm import tqdm
 
-from .conventions import CLASSES, PROJECTIONS
+from .conventions import CLASSES, DENSE_MASKS, PROJECTIONS, image_file_name, split_dir
+from .files import atomic_write
+from .preprocessing import read_mask
 
 GENERATOR_VERSION = "1"
 BIRADS_BANDS = {"A": (0.0, 25.0), "B": (25.0, 50.0), "C": (50.0, 75.0), "D": (75.0, 100.0)}
@@ -65,14 +73,6 @@ class PhantomParameters:
     noise_sigma: float
     outline_seed: int
     texture_seed: int
-
-
-def density_class(percent_density: float) -> str:
-    """BI-RADS (4th edition) class of a percent density."""
-    for label, (low, high) in BIRADS_BANDS.items():
-        if low <= percent_density < high:
-            return label
-    return "D"
 
 
 def power_law_noise(shape: tuple[int, int], beta: float, rng: np.random.Generator) -> np.ndarray:
@@ -373,27 +373,19 @@ def parameters_dict(parameters: PhantomParameters) -> dict:
     return asdict(parameters)
 
 
-def read_mask(path: str | Path) -> np.ndarray:
-    """A dense-tissue mask file as a bool array (255 = dense)."""
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise ValueError(f"{path}: cannot read the mask")
-    return mask > 127
-
-
 # ----------------------------------------------------------------------------
 # Writing a dataset in the reference layout
 # ----------------------------------------------------------------------------
 
-GENERATED_ENTRIES = ("TrainingSet", "ValidationSet", "TestSet", "DenseMasks", "manifest.csv")
+GENERATED_ENTRIES = ("TrainingSet", "ValidationSet", "TestSet", DENSE_MASKS, "manifest.csv")
 MANIFEST_NAME = "manifest.csv"
 
 
 def _write_subject(task: tuple) -> list[dict]:
-    """Worker: render the 4 views of one subject, write images and masks, return manifest rows."""
-    from .conventions import image_file_name, split_dir
-    from .files import atomic_write
+    """Worker: render the 4 views of one subject, write images and masks, return manifest rows.
 
+    Plain writes: the manifest, written last and atomically, is what says a dataset is complete.
+    """
     entry, out_dir, height, width, extra = task
     out_dir = Path(out_dir)
     rows = []
@@ -401,16 +393,15 @@ def _write_subject(task: tuple) -> list[dict]:
         p = phantom.parameters
         folder = split_dir(".", entry["split"], p.projection) / entry["label"]
         relative = folder / image_file_name(entry["subject"], entry["label"], p.projection)
-        image_bytes = encode_png(phantom.image)
-        mask_bytes = encode_png(phantom.dense_mask.astype(np.uint8) * 255)
-        atomic_write(out_dir / relative, lambda path, data=image_bytes: path.write_bytes(data))
-        atomic_write(
-            out_dir / "DenseMasks" / relative,
-            lambda path, data=mask_bytes: path.write_bytes(data),
-        )
+        for target, array in (
+            (out_dir / relative, phantom.image),
+            (out_dir / DENSE_MASKS / relative, phantom.dense_mask.astype(np.uint8) * 255),
+        ):
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(encode_png(array))
         row = {
             "file": relative.as_posix(),
-            "mask": (Path("DenseMasks") / relative).as_posix(),
+            "mask": (Path(DENSE_MASKS) / relative).as_posix(),
             "subject": entry["subject"],
             "projection": p.projection,
             "split": entry["split"],
@@ -454,12 +445,6 @@ def generate_dataset(
     Returns:
         The path of the manifest CSV.
     """
-    import shutil
-
-    import pandas as pd
-
-    from .files import atomic_write
-
     out_dir = Path(out_dir)
     height, width = int(size[0]), int(size[1])
     if min(height, width) < 32:
@@ -492,9 +477,6 @@ def generate_dataset(
     tasks = [(entry, str(out_dir), height, width, extra) for entry in plan]
     iterator = None
     if workers > 1:
-        import multiprocessing
-        from concurrent.futures import ProcessPoolExecutor
-
         # "spawn": safe even when the caller has imported TensorFlow (threads).
         executor = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         iterator = executor.map(_write_subject, tasks, chunksize=4)
@@ -502,8 +484,6 @@ def generate_dataset(
         executor = None
         iterator = map(_write_subject, tasks)
     if progress:
-        from tqdm import tqdm
-
         iterator = tqdm(iterator, total=len(tasks), unit="subject")
     try:
         rows = [row for subject_rows in iterator for row in subject_rows]
@@ -517,11 +497,6 @@ def generate_dataset(
 
 def plot_examples(data_dir: str | Path, figure_path: str | Path, split: str | None = None) -> Path:
     """A classes x projections grid of one generated split, dense-mask contours in red."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    from .files import atomic_write
-
     data_dir = Path(data_dir)
     manifest = pd.read_csv(data_dir / MANIFEST_NAME, dtype={"subject": str})
     if split is None:
@@ -546,6 +521,7 @@ def plot_examples(data_dir: str | Path, figure_path: str | Path, split: str | No
             axis.set_title(f"{label} {projection}  PD {row['percent_density']:.0f}%", fontsize=9)
     figure.suptitle(f"Synthetic phantoms ({split} split); red: dense-tissue mask", fontsize=11)
     figure.tight_layout()
-    atomic_write(figure_path, lambda path: figure.savefig(path, dpi=110))
+    Path(figure_path).parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(figure_path, dpi=110)
     plt.close(figure)
     return Path(figure_path)

@@ -28,10 +28,6 @@ import tensorflow as tf
 
 DEFAULT_IMAGE_SIZE = 650
 
-# Decoding failures are reported by our own errors, which name the file;
-# OpenCV's log lines about them would only add noise.
-cv2.utils.logging.setLogLevel(cv2.utils.logging.LOG_LEVEL_SILENT)
-
 
 class ImageReadError(ValueError):
     """An image file cannot be decoded; the message names the file."""
@@ -79,6 +75,14 @@ def read_grayscale(path: str | Path) -> np.ndarray:
     except OSError as error:
         raise ImageReadError(f"{path}: cannot read the file ({error.strerror})") from error
     return to_grayscale(_decode(data, path), path)
+
+
+def read_mask(path: str | Path) -> np.ndarray:
+    """A dense-tissue (or breast) mask file as a bool (H, W) array (255 = inside)."""
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    if mask is None:
+        raise ImageReadError(f"{path}: cannot read the mask")
+    return mask > 127
 
 
 def resize(image: np.ndarray, size: Sequence[int]) -> np.ndarray:

@@ -19,11 +19,21 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import keras
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from sklearn.utils.class_weight import compute_class_weight
 
-from .conventions import CLASSES, DatasetError, ImageRecord, list_class_images, split_dir
+from .conventions import (
+    CLASSES,
+    CONFIG_FILE,
+    DatasetError,
+    ImageRecord,
+    checkpoint_epoch,
+    list_class_images,
+    split_dir,
+)
 from .files import atomic_write, atomic_write_text
 from .network import MIN_IMAGE_SIZE
 from .preprocessing import ImageReadError, make_dataset, read_grayscale
@@ -37,9 +47,6 @@ HISTORY_FILES = {
 }
 HISTORY_CSV = "history.csv"
 CURVES_FILE = "training_curves.png"
-CONFIG_FILE = "training_config.json"
-CHECKPOINT_PATTERN = "weights-improvement-{epoch:02d}-{val_acc:.2f}.keras"
-FINAL_WEIGHTS = "final_weights.keras"
 BACKUP_FOLDER = "backup"
 # Decoded images are cached in memory when they take at most this much.
 CACHE_LIMIT_BYTES = 4 * 2**30
@@ -170,8 +177,6 @@ def training_datasets(
 
 def class_weights(records: list[ImageRecord]) -> dict[int, float]:
     """Balanced class weights n / (k * n_c) (scikit-learn's 'balanced'), absent classes skipped."""
-    from sklearn.utils.class_weight import compute_class_weight
-
     labels = np.array([r.label_index for r in records])
     present = np.unique(labels)
     weights = compute_class_weight("balanced", classes=present, y=labels)
@@ -222,17 +227,19 @@ class HistoryRecorder(keras.callbacks.Callback):
     """Write the history files after every epoch, and continue them on resume.
 
     Per epoch it appends a row to ``history.csv`` (loss, acc, val_loss, val_acc,
-    learning rate, and the state of ReduceLROnPlateau and ModelCheckpoint) and
-    rewrites the reference's four txt files from it, atomically. Place it
-    before ``BackupAndRestore`` in the callback list: if a run dies between the
-    two, the repeated epoch's row is dropped when the run resumes, because
-    rows past the restored epoch are discarded then.
+    learning rate, seconds) and rewrites the reference's four txt files from it.
+    On resume, ``BackupAndRestore`` brings back the weights, the optimizer (and
+    with it the learning rate) and the epoch; this callback keeps the rows of
+    the epochs already done and tells ``ModelCheckpoint`` the best val_acc so
+    far, so that it saves only improvements. (ReduceLROnPlateau restarts its
+    patience count: at worst the rate drops a few epochs later.)
+    Place it before ``BackupAndRestore`` in the callback list: if a run dies
+    between the two, the repeated epoch's row is dropped on resume.
     """
 
-    def __init__(self, model_dir: Path, plateau=None, checkpoint=None, verbose: bool = True):
+    def __init__(self, model_dir: Path, checkpoint=None, verbose: bool = True):
         super().__init__()
         self.model_dir = Path(model_dir)
-        self.plateau = plateau
         self.checkpoint = checkpoint
         self.verbose = verbose
         self.rows: list[dict] = []
@@ -266,14 +273,9 @@ class HistoryRecorder(keras.callbacks.Callback):
         for stale in self.model_dir.glob("weights-improvement-*.keras"):
             if checkpoint_epoch(stale) > first_epoch:
                 stale.unlink()
-        last = rows[-1]
-        if self.plateau is not None:
-            self.plateau.best = last["plateau_best"]
-            self.plateau.wait = int(last["plateau_wait"])
-            self.plateau.cooldown_counter = int(last["plateau_cooldown"])
-        if self.checkpoint is not None and not math.isnan(last["checkpoint_best"]):
-            self.checkpoint.best = last["checkpoint_best"]
-        print(f"Resuming after epoch {first_epoch}: history and callback state restored.")
+        if self.checkpoint is not None:
+            self.checkpoint.best = max(row["val_acc"] for row in rows)
+        print(f"Resuming after epoch {first_epoch}: history restored.")
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -285,10 +287,6 @@ class HistoryRecorder(keras.callbacks.Callback):
             "val_acc": logs.get("val_acc", np.nan),
             "learning_rate": self._learning_rate,
             "seconds": round(time.perf_counter() - self._epoch_start, 3),
-            "plateau_best": getattr(self.plateau, "best", np.nan),
-            "plateau_wait": getattr(self.plateau, "wait", 0),
-            "plateau_cooldown": getattr(self.plateau, "cooldown_counter", 0),
-            "checkpoint_best": getattr(self.checkpoint, "best", np.nan),
         }
         self.rows.append(row)
         write_history(self.model_dir, self.rows)
@@ -302,39 +300,16 @@ class HistoryRecorder(keras.callbacks.Callback):
             )
 
 
-def checkpoint_epoch(path: Path) -> int:
-    """Epoch number of a ``weights-improvement-EE-A.AA.keras`` file name."""
-    return int(Path(path).name.split("-")[2])
-
-
-def checkpoint_accuracy(path: Path) -> float:
-    """Validation accuracy in a ``weights-improvement-EE-A.AA.keras`` file name."""
-    return float(Path(path).name.split("-")[3].removesuffix(".keras"))
-
-
-def best_checkpoint(model_dir: str | Path) -> Path | None:
-    """The checkpoint with the highest validation accuracy in its name (latest epoch on ties)."""
-    candidates = sorted(Path(model_dir).glob("weights-improvement-*-*.keras"))
-    if not candidates:
-        return None
-    return max(candidates, key=lambda p: (checkpoint_accuracy(p), checkpoint_epoch(p)))
-
-
 def write_history(model_dir: Path, rows: list[dict]) -> None:
+    """history.csv (read back on resume, so written atomically) and the reference's txt files."""
     table = pd.DataFrame(rows)
     atomic_write(model_dir / HISTORY_CSV, lambda path: table.to_csv(path, index=False))
     for file_name, column in HISTORY_FILES.items():
-        values = table[column].to_numpy(np.float64)
-        atomic_write(model_dir / file_name, lambda path, v=values: np.savetxt(path, v))
+        np.savetxt(model_dir / file_name, table[column].to_numpy(np.float64))
 
 
 def plot_curves(model_dir: Path) -> Path:
     """Loss and accuracy, train vs validation, from history.csv -> training_curves.png."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     table = pd.read_csv(Path(model_dir) / HISTORY_CSV)
     figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(10, 4))
     for axis, metric, title in ((loss_axis, "loss", "Loss"), (acc_axis, "acc", "Accuracy")):
@@ -347,7 +322,7 @@ def plot_curves(model_dir: Path) -> Path:
     figure.suptitle(Path(model_dir).name)
     figure.tight_layout()
     target = Path(model_dir) / CURVES_FILE
-    atomic_write(target, lambda path: figure.savefig(path, dpi=100))
+    figure.savefig(target, dpi=100)
     plt.close(figure)
     return target
 

@@ -1,0 +1,28 @@
+"""What every notebook runs first: its "Setup environment" cell imports this module.
+
+That cell only fetches the repository when it runs in Colab and moves into
+``myproject/``; everything else a notebook needs before its imports is here,
+written once for the three notebooks:
+
+* In Colab, install what Colab lacks: Keras at the version the shipped
+  ``.keras`` models were saved with (older Keras 3 releases cannot read them)
+  and tf-keras-vis. Colab's own TensorFlow stays.
+* Everywhere, keep TensorFlow's C++ start-up messages (CUDA probing on a
+  machine without a GPU, oneDNN notes) out of the notebook; real errors still
+  show.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+# Set before TensorFlow is first imported; 2 = warnings and errors only.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+COLAB_PACKAGES = ("keras==3.15.1", "tf-keras-vis==0.8.7")
+
+if "google.colab" in sys.modules:
+    subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", *COLAB_PACKAGES], check=True)
+print("working directory:", os.getcwd())
