@@ -1,6 +1,7 @@
 # Two commands a newcomer needs (see README.md):
 #   make demo   set up .venv, then run stages 2 -> 4 on the shipped example
-#   make test   set up .venv with the test tools, then lint and run the test suite
+#   make test       set up .venv with the test tools, then lint and run the whole suite (CI)
+#   make test-fast  the same without the tests marked slow: the edit-run loop (under 2 minutes)
 # Both create a local virtual environment (.venv) from the pinned requirements
 # on first use and reuse it afterwards.
 
@@ -8,7 +9,7 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 
-.PHONY: demo test lint clean-venv
+.PHONY: demo test test-fast lint clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version'
@@ -32,6 +33,9 @@ lint: $(VENV)/.dev-installed
 
 test: lint
 	$(BIN)/python -m pytest
+
+test-fast: lint
+	$(BIN)/python -m pytest -m "not slow"
 
 clean-venv:
 	rm -rf $(VENV)

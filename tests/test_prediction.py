@@ -9,7 +9,6 @@ import Prediction_ResNet
 import pytest
 
 from breastdensity.conventions import PROJECTIONS, list_class_images, projection_test_folder
-from breastdensity.inference import default_model_path
 from breastdensity.network import build_resnet
 from breastdensity.phantoms import generate_dataset
 from breastdensity.preprocessing import load_image
@@ -156,19 +155,3 @@ def test_missing_folder_and_unfit_model_are_clear_errors(example, tmp_path, caps
     assert not (tmp_path / "Prediction").exists()
     with pytest.raises(SystemExit):
         Prediction_ResNet.parse_arguments(["--projection", "all", "--model", "x.keras"])
-
-
-def test_default_model_is_the_best_checkpoint(tmp_path):
-    folder = tmp_path / "CC_R_model"
-    folder.mkdir()
-    with pytest.raises(Exception, match="no trained model"):
-        default_model_path(tmp_path, "CC_R")
-    for name in [
-        "final_weights.keras",
-        "weights-improvement-01-0.50.keras",
-        "weights-improvement-03-0.75.keras",
-        "weights-improvement-12-0.75.keras",
-        "weights-improvement-09-0.62.keras",
-    ]:
-        (folder / name).write_bytes(b"")
-    assert default_model_path(tmp_path, "CC_R").name == "weights-improvement-12-0.75.keras"

@@ -5,8 +5,9 @@ from conftest import write_png
 from breastdensity.preprocessing import (
     ImageReadError,
     load_image,
-    make_dataset,
+    prediction_dataset,
     read_grayscale,
+    training_dataset,
 )
 
 
@@ -79,9 +80,9 @@ def test_dataset_matches_single_image_loader(tmp_path, rng):
         write_png(tmp_path / f"{i}.png", rng.integers(0, 255, (50 + i, 40), dtype=np.uint8))
         for i in range(5)
     ]
-    batches = list(make_dataset(paths, (64, 48), batch_size=2))
-    assert [len(b) for b in batches] == [2, 2, 1]
-    images = np.concatenate([b.numpy() for b in batches])
+    batches = list(prediction_dataset(paths, (64, 48), batch_size=2))
+    assert [len(images) for images, _, _ in batches] == [2, 2, 1]
+    images = np.concatenate([images.numpy() for images, _, _ in batches])
     expected = np.stack([load_image(p, (64, 48)) for p in paths])
     np.testing.assert_allclose(images, expected, atol=1e-6)
 
@@ -90,9 +91,7 @@ def test_dataset_with_status_flags_bad_files(tmp_path, rng):
     good = write_png(tmp_path / "good.png", rng.integers(0, 255, (40, 40), dtype=np.uint8))
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"garbage")
-    ((images, ok, index),) = list(
-        make_dataset([good, bad], (64, 64), batch_size=4, with_status=True)
-    )
+    ((images, ok, index),) = list(prediction_dataset([good, bad], (64, 64), batch_size=4))
     assert ok.numpy().tolist() == [True, False]
     assert index.numpy().tolist() == [0, 1]
 
@@ -103,14 +102,12 @@ def test_cached_dataset_gives_the_same_images_and_still_reshuffles(tmp_path, rng
         for i in range(6)
     ]
     labels = list(range(6))
-    plain = make_dataset(paths, (32, 32), labels=labels, batch_size=6, num_classes=6)
-    cached = make_dataset(paths, (32, 32), labels=labels, batch_size=6, num_classes=6, cache=True)
+    plain = training_dataset(paths, labels, (32, 32), 6, num_classes=6)
+    cached = training_dataset(paths, labels, (32, 32), 6, num_classes=6, cache=True)
     ((x_plain, _),), ((x_cached, _),) = list(plain), list(cached)
     np.testing.assert_allclose(x_cached.numpy(), x_plain.numpy(), atol=1e-6)
 
-    shuffled = make_dataset(
-        paths, (32, 32), labels=labels, batch_size=6, num_classes=6, shuffle=True, cache=True
-    )
+    shuffled = training_dataset(paths, labels, (32, 32), 6, num_classes=6, shuffle=True, cache=True)
     orders = set()
     for _epoch in range(4):
         ((x, y),) = list(shuffled)

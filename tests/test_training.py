@@ -19,8 +19,9 @@ from breastdensity.conventions import (
     checkpoint_accuracy,
     checkpoint_epoch,
 )
+from breastdensity.network import build_resnet
 from breastdensity.phantoms import generate_dataset
-from breastdensity.training import HISTORY_FILES, build_augmentation, training_datasets
+from breastdensity.training import HISTORY_FILES, build_augmentation, save_model, training_datasets
 
 
 @pytest.fixture(scope="module")
@@ -270,9 +271,6 @@ class TestBadInput:
 
 
 def test_model_saved_for_shipping_has_no_optimizer_state(tmp_path):
-    from breastdensity.network import build_resnet
-    from breastdensity.training import save_model
-
     model = build_resnet(64)
     model.compile(keras.optimizers.Adam(), "categorical_crossentropy")
     # One step creates Adam's slot variables, which a full save would carry.

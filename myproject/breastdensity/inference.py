@@ -10,7 +10,7 @@ import numpy as np
 import tensorflow as tf
 
 from .conventions import NUM_CLASSES, DatasetError, ImageRecord
-from .preprocessing import make_dataset, model_image_size
+from .preprocessing import model_image_size, prediction_dataset
 
 
 def load_model(path: str | Path):
@@ -61,7 +61,7 @@ def predict_records(
         DatasetError: an unreadable image when skip_bad is False.
     """
     size = model_image_size(model)
-    dataset = make_dataset([r.path for r in records], size, batch_size=batch_size, with_status=True)
+    dataset = prediction_dataset([r.path for r in records], size, batch_size)
 
     @tf.function(reduce_retracing=True)
     def forward(images):

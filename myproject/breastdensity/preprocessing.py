@@ -13,8 +13,9 @@ Here the same steps are written out once::
       -> /255, minus the image's own mean, gray repeated to 3 channels
                                              normalize  -> float32 (H, W, 3)
 
-``load_image`` chains them for one file; ``make_dataset`` builds the tf.data
-pipeline that training, prediction and the notebooks use.
+``load_image`` chains them for one file; ``training_dataset`` and
+``prediction_dataset`` build the tf.data pipelines of stages 1 and 2 from the
+same decoding and normalisation.
 """
 
 from __future__ import annotations
@@ -128,57 +129,15 @@ def model_image_size(model) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def make_dataset(
-    paths: Sequence[str | Path],
-    size: Sequence[int],
-    *,
-    labels: Sequence[int] | None = None,
-    num_classes: int = 4,
-    batch_size: int = 4,
-    shuffle: bool = False,
-    seed: int | None = None,
-    augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
-    with_status: bool = False,
-    repeat: bool = False,
-    cache: bool = False,
-) -> tf.data.Dataset:
-    """tf.data pipeline: parallel decode + resize, optional augmentation, normalize, prefetch.
-
-    Args:
-        paths: image files, in the order the output must follow (unless shuffle).
-        size: (height, width) of the network input.
-        labels: class indices; when given the dataset yields one-hot targets.
-        batch_size: images per batch (the last batch may be smaller).
-        shuffle: reshuffle the file order every epoch (training).
-        seed: seed of the shuffle.
-        augment: a function on a batch of (B, H, W, 1) images in [0, 255],
-            e.g. a Keras preprocessing model, applied before normalize.
-        with_status: decode errors do not stop the pipeline; instead each
-            element carries ``ok`` (False: unreadable file, zero image) and the
-            file index, so the caller names the file and decides.
-        repeat: repeat forever (training with a fixed steps_per_epoch).
-        cache: keep the decoded, resized images in memory after the first
-            pass (N x H x W x 4 bytes), so later epochs skip decoding; the
-            augmentation still draws new transforms every epoch.
-
-    Yields:
-        ``images`` (B, H, W, 3) float32, plus ``one_hot`` (B, num_classes)
-        when labels are given, plus ``ok`` (B,) bool and ``index`` (B,) int64
-        when with_status is set.
-    """
+def _decode_function(size: Sequence[int], tolerate_errors: bool):
+    """A tf.data map: ``{"path": ...}`` -> the same element plus ``image`` (H, W, 1) and ``ok``."""
     height, width = int(size[0]), int(size[1])
-    path_strings = [str(p) for p in paths]
-    indices = np.arange(len(path_strings), dtype=np.int64)
-    tensors = {"path": path_strings, "index": indices}
-    if labels is not None:
-        tensors["label"] = np.asarray(labels, dtype=np.int32)
-    dataset = tf.data.Dataset.from_tensor_slices(tensors)
 
     def read_one(path: bytes) -> tuple[np.ndarray, bool]:
         try:
             return load_resized(path.decode(), (height, width)), True
         except ImageReadError:
-            if not with_status:
+            if not tolerate_errors:
                 raise
             return np.zeros((height, width, 1), np.float32), False
 
@@ -188,30 +147,80 @@ def make_dataset(
         ok.set_shape(())
         return {**element, "image": image, "ok": ok}
 
-    if cache:
-        # decode once, then shuffle the decoded images
-        dataset = dataset.map(
-            decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True
-        ).cache()
+    return decode
+
+
+def training_dataset(
+    paths: Sequence[str | Path],
+    labels: Sequence[int],
+    size: Sequence[int],
+    batch_size: int,
+    *,
+    shuffle: bool = False,
+    seed: int | None = None,
+    augment: Callable[[tf.Tensor], tf.Tensor] | None = None,
+    repeat: bool = False,
+    cache: bool = False,
+    num_classes: int = 4,
+) -> tf.data.Dataset:
+    """Labelled tf.data pipeline for ``model.fit``: parallel decode + resize, augment, normalize.
+
+    Args:
+        paths: image files, in the order the output must follow (unless shuffle).
+        labels: their class indices.
+        size: (height, width) of the network input.
+        batch_size: images per batch (the last batch may be smaller).
+        shuffle: reshuffle the file order every epoch (training).
+        seed: seed of the shuffle.
+        augment: a function on a batch of (B, H, W, 1) images in [0, 255],
+            e.g. a Keras preprocessing model, applied before normalize.
+        repeat: repeat forever (training with a fixed steps_per_epoch).
+        cache: keep the decoded, resized images in memory after the first
+            pass (N x H x W x 4 bytes), so later epochs skip decoding; the
+            augmentation still draws new transforms every epoch.
+
+    Yields:
+        ``(images, one_hot)``: (B, H, W, 3) float32 and (B, num_classes).
+        An unreadable file stops the pipeline (training checks every file first).
+    """
+    dataset = tf.data.Dataset.from_tensor_slices(
+        {"path": [str(p) for p in paths], "label": np.asarray(labels, dtype=np.int32)}
+    )
+    decode = _decode_function(size, tolerate_errors=False)
+    if cache:  # decode once, then shuffle the decoded images
+        dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE).cache()
     if shuffle:
-        dataset = dataset.shuffle(len(path_strings), seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
     if repeat:
         dataset = dataset.repeat()
     if not cache:
-        dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    dataset = dataset.batch(batch_size)
+        dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
     def finish(batch):
-        images = batch["image"]
-        if augment is not None:
-            images = augment(images)
-        images = normalize(images)
-        outputs = (images,)
-        if labels is not None:
-            outputs += (tf.one_hot(batch["label"], num_classes),)
-        if with_status:
-            outputs += (batch["ok"], batch["index"])
-        return outputs if len(outputs) > 1 else images
+        images = batch["image"] if augment is None else augment(batch["image"])
+        return normalize(images), tf.one_hot(batch["label"], num_classes)
 
-    dataset = dataset.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.batch(batch_size).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
+    return dataset.prefetch(tf.data.AUTOTUNE)
+
+
+def prediction_dataset(
+    paths: Sequence[str | Path], size: Sequence[int], batch_size: int
+) -> tf.data.Dataset:
+    """Unlabelled tf.data pipeline in file order, for prediction: a bad file does not stop it.
+
+    Yields:
+        ``(images, ok, index)``: (B, H, W, 3) float32; (B,) bool, False for an
+        unreadable file (its image is all zero); (B,) int64 position in
+        ``paths``, so that the caller names the file and decides what to do.
+    """
+    dataset = tf.data.Dataset.from_tensor_slices(
+        {"path": [str(p) for p in paths], "index": np.arange(len(paths), dtype=np.int64)}
+    )
+    dataset = dataset.map(_decode_function(size, tolerate_errors=True), tf.data.AUTOTUNE)
+
+    def finish(batch):
+        return normalize(batch["image"]), batch["ok"], batch["index"]
+
+    dataset = dataset.batch(batch_size).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)

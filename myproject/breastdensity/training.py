@@ -36,7 +36,7 @@ from .conventions import (
 )
 from .files import atomic_write, atomic_write_text
 from .network import MIN_IMAGE_SIZE
-from .preprocessing import ImageReadError, make_dataset, read_grayscale
+from .preprocessing import ImageReadError, read_grayscale, training_dataset
 
 # One value per epoch, numpy.savetxt, as the reference wrote them.
 HISTORY_FILES = {
@@ -146,24 +146,21 @@ def training_datasets(
     if cache is None:
         needed = (len(train_records) + len(validation_records)) * image_size[0] * image_size[1] * 4
         cache = needed <= CACHE_LIMIT_BYTES
-    train = make_dataset(
-        [r.path for r in train_records],
-        image_size,
-        labels=[r.label_index for r in train_records],
-        batch_size=global_batch_size,
-        shuffle=True,
-        seed=seed,
-        augment=build_augmentation(seed) if augment else None,
-        repeat=True,
-        cache=cache,
-    )
-    validation = make_dataset(
-        [r.path for r in validation_records],
-        image_size,
-        labels=[r.label_index for r in validation_records],
-        batch_size=global_batch_size,
-        cache=cache,
-    )
+
+    def pipeline(records: list[ImageRecord], training: bool) -> tf.data.Dataset:
+        return training_dataset(
+            [r.path for r in records],
+            [r.label_index for r in records],
+            image_size,
+            global_batch_size,
+            shuffle=training,
+            seed=seed,
+            augment=build_augmentation(seed) if training and augment else None,
+            repeat=training,
+            cache=cache,
+        )
+
+    train, validation = pipeline(train_records, True), pipeline(validation_records, False)
     return TrainingData(
         train=train,
         validation=validation,
