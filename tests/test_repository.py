@@ -11,7 +11,7 @@ from conftest import MYPROJECT, REPO
 def test_ci_runs_exactly_the_readme_test_command():
     readme = (REPO / "README.md").read_text()
     quick_start = readme.split("## Quick start", 1)[1].split("##", 1)[0]
-    commands = re.findall(r"^(make \w+)", quick_start, flags=re.MULTILINE)
+    commands = re.findall(r"^(make [\w-]+)", quick_start, flags=re.MULTILINE)
     assert commands == ["make demo", "make test", "make test-fast"]
     lines = [line for line in (REPO / ".ci" / "run").read_text().splitlines() if line.strip()]
     assert lines[-1] == "make test"
