@@ -68,7 +68,7 @@ ALLOWED_IMPORTS = {
     "explanation_quality": FOUNDATION | {"cam"},
     "phantoms": FOUNDATION,  # synthetic data
     "baseline": FOUNDATION | {"metrics"},  # scored with the one implementation of fusion and kappa
-    "__init__": {"conventions"},
+    "__init__": set(),
 }
 
 

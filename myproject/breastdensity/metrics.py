@@ -27,6 +27,7 @@ from sklearn.metrics import (
 )
 
 from .conventions import CLASSES, PROJECTIONS, SIDES, DatasetError
+from .files import atomic_write
 
 # Rows of metrics.csv, in this order (external scripts read them).
 GROUPS = ("CC_R", "MLO_R", "right", "CC_L", "MLO_L", "left", "total")
@@ -255,6 +256,11 @@ def metrics_table(
     table["n"] = table["n"].astype("Int64")  # a count, empty where not computed
     table.index.name = "group"
     return table
+
+
+def write_metrics_csv(table: pd.DataFrame, path: str | Path) -> Path:
+    """metrics.csv, written atomically: other scripts read it, a half file would mislead them."""
+    return atomic_write(path, lambda target: table.to_csv(target, float_format="%.6f"))
 
 
 def plot_confusion_matrices(table: pd.DataFrame, title: str, path: str | Path | None = None):
