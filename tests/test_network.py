@@ -26,6 +26,7 @@ def test_no_lambda_layer_and_named_grad_cam_target():
     assert model.get_layer(OUTPUT_LAYER).activation is keras.activations.softmax
 
 
+@pytest.mark.slow
 def test_softmax_outputs_sum_to_one(rng):
     model = build_resnet(64)
     images = rng.normal(size=(3, 64, 64, 3)).astype("float32")

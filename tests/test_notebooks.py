@@ -74,6 +74,7 @@ def predictions(phantom_test_set, tmp_path_factory):
     return folder
 
 
+@pytest.mark.slow
 def test_figure_merit_notebook_runs(predictions, tmp_path):
     execute(
         "Figure_merit.ipynb",
@@ -98,6 +99,7 @@ def test_figure_merit_notebook_runs(predictions, tmp_path):
     )
 
 
+@pytest.mark.slow
 def test_figure_merit_with_txt_files_only_matches_by_position(
     predictions, phantom_test_set, tmp_path
 ):
@@ -117,6 +119,7 @@ def test_figure_merit_with_txt_files_only_matches_by_position(
     assert with_csv.loc["total", "n"] == 8
 
 
+@pytest.mark.slow
 def test_figure_merit_stops_on_missing_subjects_unless_told(predictions, tmp_path):
     for path in predictions.iterdir():
         (tmp_path / path.name).write_bytes(path.read_bytes())
@@ -132,6 +135,7 @@ def test_figure_merit_stops_on_missing_subjects_unless_told(predictions, tmp_pat
     assert metrics.loc["total", "n"] == 7 and metrics.loc["right", "n"] == 8
 
 
+@pytest.mark.slow
 def test_class_activation_maps_notebook_runs(phantom_test_set, tmp_path):
     model_path = tmp_path / "tiny.keras"
     known_head_network(64).save(model_path)  # predicts A, with a non-empty Grad-CAM
@@ -163,6 +167,7 @@ def test_class_activation_maps_notebook_runs(phantom_test_set, tmp_path):
     assert len(list((tmp_path / "MAPS").rglob("*_methods.png"))) == 1
 
 
+@pytest.mark.slow
 def test_explainability_evaluation_notebook_runs(phantom_test_set, tmp_path):
     keras.utils.set_random_seed(1)
     (tmp_path / "models" / "CC_R_model").mkdir(parents=True)

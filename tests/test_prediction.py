@@ -41,6 +41,7 @@ def run(example, tmp_path, *extra):
     )
 
 
+@pytest.mark.slow
 def test_single_projection_files(example, tmp_path, capsys):
     assert run(example, tmp_path, "--projection", "CC_R", "--batch-size", "5") == 0
     matrix = np.loadtxt(tmp_path / "Prediction" / "predictions_ccr.txt")
@@ -61,6 +62,7 @@ def test_single_projection_files(example, tmp_path, capsys):
     assert "[CC_R] 12 images (A: 3, B: 3, C: 3, D: 3)" in output and "accuracy" in output
 
 
+@pytest.mark.slow
 def test_all_projections(example, tmp_path):
     assert run(example, tmp_path, "--projection", "all") == 0
     names = sorted(p.name for p in (tmp_path / "Prediction").iterdir())
@@ -98,6 +100,7 @@ def test_corrupt_image_stops_the_run_and_writes_nothing(example, messy, tmp_path
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow
 def test_skip_bad_continues_and_names_the_file(example, messy, tmp_path, capsys):
     status = Prediction_ResNet.main(
         [

@@ -5,6 +5,7 @@ import re
 import subprocess
 import sys
 
+import pytest
 from conftest import MYPROJECT, REPO
 
 
@@ -36,6 +37,7 @@ def test_requirements_are_exact_pins():
             assert re.fullmatch(r"[A-Za-z0-9_.\-]+==[0-9][0-9A-Za-z.]*", line), line
 
 
+@pytest.mark.slow
 def test_scripts_run_from_the_root_and_from_myproject():
     scripts = ["Train_ResNet.py", "Prediction_ResNet.py", "Make_Phantoms.py", "Run_Example.py"]
     for script in scripts:

@@ -54,6 +54,7 @@ def test_everything_shipped_fits_the_budget():
     assert total <= 70 * 1024 * 1024
 
 
+@pytest.mark.slow
 def test_shipped_models_reproduce_the_shipped_predictions(tmp_path):
     status = Prediction_ResNet.main(
         [
@@ -84,6 +85,7 @@ def test_shipped_models_reproduce_the_shipped_predictions(tmp_path):
         assert (fresh["predicted_label"] == shipped["predicted_label"])[clear].all()
 
 
+@pytest.mark.slow
 def test_main_job_on_a_reduced_test_set(tmp_path, monkeypatch, capsys):
     """Stages 2 -> 4 as `make demo` runs them, on one subject per class."""
     reduced = tmp_path / "TestSet"

@@ -43,6 +43,7 @@ def run_script(*args, timeout=300):
     )
 
 
+@pytest.mark.slow
 def test_two_epoch_run_writes_every_output(phantoms, tmp_path, capsys):
     status = Train_ResNet.main(
         [
@@ -168,6 +169,7 @@ def test_killed_run_resumes_from_its_last_epoch(phantoms, tmp_path):
     assert "nothing to resume" in run_script(*args, "--resume").stdout
 
 
+@pytest.mark.slow
 def test_mirrored_strategy_over_two_logical_cpus(phantoms, tmp_path):
     result = run_script(
         "--projection",
@@ -270,6 +272,7 @@ class TestBadInput:
             training_datasets(tmp_path / "d", "CC_R", (64, 64), 4)
 
 
+@pytest.mark.slow
 def test_model_saved_for_shipping_has_no_optimizer_state(tmp_path):
     model = build_resnet(64)
     model.compile(keras.optimizers.Adam(), "categorical_crossentropy")
