@@ -5,14 +5,14 @@
 # Both create a local virtual environment (.venv) from the pinned requirements
 # on first use and reuse it afterwards.
 
-PYTHON ?= python3
+PYTHON ?= python3   # the interpreter that creates .venv: make PYTHON=python3.12 demo
 VENV   := .venv
 BIN    := $(VENV)/bin
 
 .PHONY: demo test test-fast lint clean-venv
 
 $(BIN)/python:
-	$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "Python 3.11 is required, found " + sys.version'
+	@$(PYTHON) -c 'import sys; sys.exit(0 if (3, 11) <= sys.version_info[:2] <= (3, 12) else "Python 3.11 or 3.12 is needed (found " + sys.version.split()[0] + "); pick another interpreter with: make PYTHON=python3.11 ...")'
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 

@@ -23,6 +23,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import tensorflow as tf
+from matplotlib.ticker import MaxNLocator
 from sklearn.utils.class_weight import compute_class_weight
 
 from .conventions import (
@@ -306,17 +307,30 @@ def write_history(model_dir: Path, rows: list[dict]) -> None:
 
 
 def plot_curves(model_dir: Path) -> Path:
-    """Loss and accuracy, train vs validation, from history.csv -> training_curves.png."""
+    """Loss and accuracy, train vs validation, from history.csv -> training_curves.png.
+
+    A dotted line marks the epoch of the best checkpoint (highest val_acc, the first to reach it).
+    """
     table = pd.read_csv(Path(model_dir) / HISTORY_CSV)
+    best = table.loc[table["val_acc"].idxmax()]
     figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(10, 4))
     for axis, metric, title in ((loss_axis, "loss", "Loss"), (acc_axis, "acc", "Accuracy")):
-        axis.plot(table["epoch"], table[metric], label="train")
-        axis.plot(table["epoch"], table[f"val_{metric}"], label="validation")
+        axis.plot(table["epoch"], table[metric], marker=".", label="train")
+        axis.plot(table["epoch"], table[f"val_{metric}"], marker=".", label="validation")
+        axis.axvline(
+            best["epoch"],
+            color="gray",
+            ls=":",
+            label=f"best checkpoint (epoch {best['epoch']:.0f})",
+        )
+        axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         axis.set_xlabel("epoch")
+        axis.set_ylabel(metric if metric == "loss" else "accuracy")
         axis.set_title(title)
         axis.grid(alpha=0.3)
         axis.legend()
-    figure.suptitle(Path(model_dir).name)
+    acc_axis.set_ylim(-0.02, 1.02)
+    figure.suptitle(f"{Path(model_dir).name}: best val_acc {best['val_acc']:.2f}")
     figure.tight_layout()
     target = Path(model_dir) / CURVES_FILE
     figure.savefig(target, dpi=100)
