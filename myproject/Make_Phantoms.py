@@ -84,7 +84,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     # Checked here, before any folder exists, so that the message names the flag.
     if min(args.size) < MIN_IMAGE_SIZE:
-        parser.error(f"--size must be at least {MIN_IMAGE_SIZE} {MIN_IMAGE_SIZE} (training needs it)")
+        parser.error(
+            f"--size must be at least {MIN_IMAGE_SIZE} {MIN_IMAGE_SIZE} (training needs it)"
+        )
     if args.seed < 0:
         parser.error("--seed must be >= 0")
     if not math.isfinite(args.label_noise) or args.label_noise < 0:

@@ -234,11 +234,11 @@ class TestDivergence:
 
 
 class TestResume:
-    def interrupted(self, models_root, **settings):
+    def interrupted(self, data_root, models_root, **settings):
         """A run folder as a killed run leaves it: backup/, training_config.json."""
         folder = models_root / "CC_R_model"
         (folder / "backup").mkdir(parents=True)
-        arguments = Train_ResNet.parse_arguments(train_args(".", models_root))
+        arguments = Train_ResNet.parse_arguments(train_args(data_root, models_root))
         config = Train_ResNet.resolved_settings(arguments, "CC_R", replicas=1)
         config.update(settings)
         (folder / "training_config.json").write_text(json.dumps(config))
@@ -246,7 +246,7 @@ class TestResume:
 
     def test_changed_settings_are_refused_with_the_differences(self, data, tmp_path, capsys):
         folder = self.interrupted(
-            tmp_path, image_size=[96, 96], optimizer="sgd", batch_size_per_replica=4
+            data, tmp_path, image_size=[96, 96], optimizer="sgd", batch_size_per_replica=4
         )
         before = (folder / "training_config.json").read_text()
         status = Train_ResNet.main(
@@ -268,7 +268,7 @@ class TestResume:
 
     @pytest.mark.slow
     def test_allow_changes_records_both(self, data, tmp_path):
-        folder = self.interrupted(tmp_path, learning_rate=0.5)
+        folder = self.interrupted(data, tmp_path, learning_rate=0.5)
         status = Train_ResNet.main(
             train_args(data, tmp_path, "--resume", "--allow-changes", "--learning-rate", "0.01")
         )
