@@ -559,7 +559,10 @@ def generate_dataset(
                 "manifest itself and the folders this leaves empty; or choose another --out"
             )
         if progress:
-            print(f"deleting the previous dataset: {len(ours)} files listed in {MANIFEST_NAME}")
+            print(
+                f"deleting the previous dataset: the {len(ours) - 1} files listed in "
+                f"{MANIFEST_NAME} and the manifest itself"
+            )
         delete_files(out_dir, ours)
     out_dir.mkdir(parents=True, exist_ok=True)
 
