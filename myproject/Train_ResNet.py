@@ -408,12 +408,18 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
         )
     except TrainingDiverged as error:
         rate = settings["learning_rate"]
+        lower = f"--learning-rate {rate / 10:g}"
+        if (folder / BACKUP_FOLDER).is_dir():  # earlier epochs were finite and backed up
+            next_step = (
+                f"continue from the last finite epoch with --resume --allow-changes {lower}, "
+                f"or start again in another --models-root"
+            )
+        else:
+            next_step = f"no epoch was completed: run again with --resume {lower}"
         raise TrainingDiverged(
-            f"[{projection}] training diverged: {error} with learning rate {rate:g}. "
-            f"Try a lower --learning-rate (e.g. {rate / 10:g}). No checkpoint of the diverged "
-            f"model was saved; {folder} keeps only the epochs before. Start again in another "
-            f"--models-root (or move {folder} away), or continue from the last finite epoch "
-            "with --resume --allow-changes --learning-rate <lower>."
+            f"[{projection}] training diverged: {error} with learning rate {rate:g}; try a "
+            f"lower --learning-rate (e.g. {rate / 10:g}). Nothing of the diverged model was "
+            f"saved in {folder}; {next_step}."
         ) from error
     final = save_model(model, folder / FINAL_WEIGHTS)
     curves = plot_curves(folder)

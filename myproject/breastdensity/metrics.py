@@ -204,8 +204,8 @@ def check_model_sets(tables: dict[str, pd.DataFrame], members: tuple[str, ...]) 
 
     The set of a prediction file is the folder holding its model's
     ``<PROJ>_model/`` (``attrs['model_set']``, set by ``read_predictions``
-    from the file's provenance columns); files without provenance are not
-    checked. Re-predicting one projection with another model, next to older
+    from the file's provenance columns); files without provenance, or whose
+    model file is no longer where it says, are not checked. Re-predicting one projection with another model, next to older
     files of the others, is the mistake this catches.
     """
     sets = {p: tables[p].attrs.get("model_set") for p in members}

@@ -225,8 +225,11 @@ def read_predictions(
         table.attrs["matched_by"] = "subject"
         table.attrs["source"] = csv_file
         models = table["model"].dropna().unique() if "model" in table.columns else []
-        if len(models) == 1:  # the models root it came from, for stage 3's check
-            table.attrs["model_set"] = model_set((csv_file.parent / models[0]).resolve())
+        model_file = (csv_file.parent / models[0]).resolve() if len(models) == 1 else None
+        if model_file is not None and model_file.is_file():
+            # The models root it came from, for stage 3's check; unknown when the
+            # prediction folder was copied elsewhere and the path leads nowhere.
+            table.attrs["model_set"] = model_set(model_file)
         return table
     if matrix is None:
         return None
