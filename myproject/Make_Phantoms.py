@@ -18,11 +18,14 @@ file, subject, projection, split, class, percent density, parameters, seed).
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
 from pathlib import Path
 
+from breastdensity.conventions import MIN_IMAGE_SIZE
+from breastdensity.files import UnwritableError
 from breastdensity.phantoms import PREVALENCE, generate_dataset, plot_examples
 
 
@@ -70,12 +73,27 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         "standard deviation, so neighbouring classes overlap (default 0: clean labels)",
     )
     parser.add_argument(
-        "--overwrite", action="store_true", help="replace a dataset already generated in --out"
+        "--overwrite",
+        action="store_true",
+        help="replace a dataset this script generated in --out: deletes only the files its "
+        "manifest.csv lists, and nothing at all if the dataset folders hold anything else",
     )
     parser.add_argument(
         "--preview", type=Path, help="also save a classes x projections figure to this PNG"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    # Checked here, before any folder exists, so that the message names the flag.
+    if min(args.size) < MIN_IMAGE_SIZE:
+        parser.error(
+            f"--size must be at least {MIN_IMAGE_SIZE} {MIN_IMAGE_SIZE} (training needs it)"
+        )
+    if args.seed < 0:
+        parser.error("--seed must be >= 0")
+    if not math.isfinite(args.label_noise) or args.label_noise < 0:
+        parser.error("--label-noise must be a finite number >= 0")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    return args
 
 
 def main(argv=None) -> int:
@@ -93,7 +111,7 @@ def main(argv=None) -> int:
             overwrite=args.overwrite,
             progress=True,
         )
-    except (ValueError, FileExistsError) as error:
+    except (ValueError, FileExistsError, UnwritableError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     images = 4 * sum(args.subjects)

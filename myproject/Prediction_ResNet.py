@@ -9,7 +9,13 @@ name sorted. Outputs, in ``--output-dir``:
   numpy.savetxt, the reference's format;
 * ``predictions_<...>.csv`` - the same rows with
   ``filename,subject,projection,true_label,predicted_label,A,B,C,D``, so that
-  the next stage aligns projections by subject, not by row position.
+  the next stage aligns projections by subject, not by row position, and the
+  provenance ``model,model_sha256,model_projection``, so that it can refuse to
+  fuse projections predicted by different model sets.
+
+A model whose ``training_config.json`` names another projection is refused
+(``--allow-projection-mismatch`` to apply it anyway), and so are probabilities
+that are not finite (a diverged model).
 
 Examples, from myproject/ (seconds on a CPU for the shipped example)::
 
@@ -34,8 +40,14 @@ from breastdensity.conventions import (
     list_class_images,
     projection_test_folder,
 )
-from breastdensity.inference import load_model, predict_records
-from breastdensity.predictions import predictions_table, write_predictions
+from breastdensity.files import UnwritableError, check_writable
+from breastdensity.inference import check_projection_match, load_model, predict_records
+from breastdensity.predictions import (
+    check_probabilities,
+    model_provenance,
+    predictions_table,
+    write_predictions,
+)
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -62,6 +74,12 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--output-dir", type=Path, default=Path("Prediction"))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
+        "--allow-projection-mismatch",
+        action="store_true",
+        help="apply a model to another projection than the one its training_config.json "
+        "names (normally a mistake, refused without this flag)",
+    )
+    parser.add_argument(
         "--skip-bad",
         action="store_true",
         help="skip unreadable images (listed in the summary) instead of stopping",
@@ -80,6 +98,9 @@ def predict_projection(projection: str, args: argparse.Namespace):
         projection_test_folder(args.test_root, projection), what=f"{projection} test"
     )
     model = load_model(model_path)
+    trained_on = check_projection_match(
+        model_path, records, projection, args.allow_projection_mismatch
+    )
     started = time.perf_counter()
     result = predict_records(model, records, batch_size=args.batch_size, skip_bad=args.skip_bad)
     seconds = time.perf_counter() - started
@@ -87,7 +108,14 @@ def predict_projection(projection: str, args: argparse.Namespace):
         raise DatasetError(
             f"no readable image in {projection_test_folder(args.test_root, projection)}"
         )
-    table = predictions_table(result.records, projection, result.probabilities)
+    check_probabilities(
+        result.probabilities,
+        f"the model {model_path}",
+        [record.path.name for record in result.records],
+        hint="; is it a diverged training run? Retrain it with a lower --learning-rate",
+    )
+    provenance = model_provenance(model_path, args.output_dir, trained_on)
+    table = predictions_table(result.records, projection, result.probabilities, provenance)
     return table, result, model_path, seconds
 
 
@@ -105,6 +133,12 @@ def summary(projection, table, result, model_path, seconds) -> str:
 
 def main(argv=None) -> int:
     args = parse_arguments(argv)
+    try:
+        check_writable(args.output_dir, "prediction folder")  # before hours of predicting
+    except UnwritableError as error:
+        print(f"error: {error}\nNothing was predicted.", file=sys.stderr)
+        return 2
+
     projections = PROJECTIONS if args.projection == "all" else (args.projection,)
     tables, reports, skipped = {}, [], 0
     try:
@@ -124,7 +158,15 @@ def main(argv=None) -> int:
         print(f"error: {error}\nNo prediction file was written.", file=sys.stderr)
         return 2
     # All projections succeeded: only now are the files written (atomically).
-    written = write_predictions(args.output_dir, tables)
+    try:
+        written = write_predictions(args.output_dir, tables)
+    except OSError as error:
+        print(
+            f"error: cannot write the predictions to {args.output_dir} ({error}); the files "
+            "there are unchanged: free some space or choose another --output-dir",
+            file=sys.stderr,
+        )
+        return 2
     print("\n".join(reports))
     if skipped:
         print(f"{skipped} unreadable file(s) skipped (--skip-bad).")

@@ -19,14 +19,18 @@ Examples::
     python Train_ResNet.py --projection all --data-root ../data/phantoms \\
         --models-root ../runs --img-size 128 --epochs 3
 
-    # continue after a crash or a preempted job
+    # continue after a crash or a preempted job (same settings, checked)
     python Train_ResNet.py --projection CC_R --resume
+
+Exit status: 0 done, 2 bad arguments, data or output folder (nothing trained),
+3 the loss became NaN or infinite (training diverged; lower --learning-rate).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
@@ -37,15 +41,20 @@ import tensorflow as tf
 from breastdensity.conventions import (
     CHECKPOINT_PATTERN,
     CLASSES,
+    CONFIG_FILE,
     FINAL_WEIGHTS,
+    MIN_IMAGE_SIZE,
     PROJECTIONS,
     DatasetError,
     model_dir,
 )
-from breastdensity.network import build_resnet
+from breastdensity.files import UnwritableError, check_writable
+from breastdensity.network import build_resnet, check_cardinality
 from breastdensity.training import (
     BACKUP_FOLDER,
     HistoryRecorder,
+    StopOnNonFiniteLoss,
+    TrainingDiverged,
     choose_strategy,
     class_weights,
     plot_curves,
@@ -55,11 +64,6 @@ from breastdensity.training import (
 )
 
 OPTIMIZERS = ("sgd", "sgd-nesterov", "rmsprop", "adam")
-
-
-def default_learning_rate(optimizer: str) -> float:
-    """0.01 for SGD (Keras' default, the reference's), 0.001 for the adaptive optimizers."""
-    return 0.01 if optimizer.startswith("sgd") else 0.001
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -74,7 +78,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
             "training_config.json and logs/ for TensorBoard. "
             "Example (CPU, phantoms): python Train_ResNet.py --projection all "
             "--data-root ../data/phantoms --models-root ../runs/demo --img-size 128 "
-            "--batch-size 16 --epochs 30 --optimizer adam --lr-schedule cosine"
+            "--batch-size 16 --epochs 30 --optimizer adam --lr-schedule cosine. "
+            "Exit status 3: the loss became NaN or infinite; nothing of that epoch is saved."
         ),
     )
     parser.add_argument(
@@ -108,8 +113,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         "--learning-rate",
         type=float,
         default=None,
-        help=f"default: {default_learning_rate('sgd')} for SGD, "
-        f"{default_learning_rate('adam')} otherwise",
+        help=f"> 0; default: {resolved_learning_rate('sgd', None)} for SGD, "
+        f"{resolved_learning_rate('adam', None)} otherwise. Training stops with exit status 3 "
+        "at the first NaN or infinite loss (a rate too high), without saving that epoch",
     )
     parser.add_argument(
         "--lr-schedule",
@@ -136,7 +142,14 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue an interrupted run from its last completed epoch (skips finished projections)",
+        help="continue an interrupted run from its last completed epoch (skips finished "
+        "projections); refused if the settings differ from its training_config.json",
+    )
+    parser.add_argument(
+        "--allow-changes",
+        action="store_true",
+        help="with --resume: accept settings that differ from the interrupted run's; "
+        "training_config.json then records the old and new values under changes_on_resume",
     )
     parser.add_argument(
         "--cardinality",
@@ -160,17 +173,79 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         help="testing aid: mirror over this many logical CPU devices, as on a multi-GPU node",
     )
     args = parser.parse_args(argv)
-    if args.img_size < 64:
-        parser.error("--img-size must be at least 64")
+    # All checked here, before any folder is created or any image decoded.
+    if args.img_size < MIN_IMAGE_SIZE:
+        parser.error(f"--img-size must be at least {MIN_IMAGE_SIZE}")
     if args.batch_size < 1 or args.epochs < 1:
         parser.error("--batch-size and --epochs must be positive")
-    if args.learning_rate is None:
-        args.learning_rate = default_learning_rate(args.optimizer)
+    if args.learning_rate is not None and not (
+        math.isfinite(args.learning_rate) and args.learning_rate > 0
+    ):
+        parser.error(f"--learning-rate must be a finite number > 0, got {args.learning_rate}")
+    if args.seed < 0:
+        parser.error("--seed must be >= 0")
+    try:
+        check_cardinality(args.cardinality)
+    except ValueError as error:
+        parser.error(f"--cardinality: {error}")
+    if args.allow_changes and not args.resume:
+        parser.error("--allow-changes only makes sense with --resume")
     return args
 
 
-def make_optimizer(name: str, learning_rate: float, decay_steps: int | None = None):
+def resolved_learning_rate(optimizer: str, learning_rate: float | None) -> float:
+    """The rate given, else the default of the optimizer (0.01 for SGD, 0.001 otherwise)."""
+    if learning_rate is not None:
+        return learning_rate
+    return 0.01 if optimizer.startswith("sgd") else 0.001
+
+
+def resolved_settings(args: argparse.Namespace, projection: str, replicas: int) -> dict:
+    """The settings that define a run, as training_config.json records them.
+
+    A resumed run must have the same ones (``setting_differences``).
+    """
+    return {
+        "projection": projection,
+        "classes": list(CLASSES),
+        "image_size": [args.img_size, args.img_size],
+        "batch_size_per_replica": args.batch_size,
+        "replicas": replicas,
+        "epochs": args.epochs,
+        "optimizer": args.optimizer,
+        "learning_rate": resolved_learning_rate(args.optimizer, args.learning_rate),
+        "lr_schedule": args.lr_schedule,
+        "seed": args.seed,
+        "mixed_precision": args.mixed_precision,
+        "class_weights": args.class_weights,
+        "augmentation": not args.no_augmentation,
+        "cardinality": args.cardinality,
+        "data_root": str(args.data_root),
+    }
+
+
+def setting_differences(saved: dict, settings: dict) -> dict[str, tuple]:
+    """setting -> (saved value, new value) for every setting that changed.
+
+    Keys of ``saved`` that are not settings (image counts, library versions)
+    are ignored; ``data_root`` is compared as a resolved path.
+    """
+    differences = {}
+    for key, value in settings.items():
+        before = saved.get(key)
+        same = (
+            before is not None and Path(before).resolve() == Path(value).resolve()
+            if key == "data_root"
+            else before == value
+        )
+        if not same:
+            differences[key] = (before, value)
+    return differences
+
+
+def make_optimizer(name: str, learning_rate: float | None, decay_steps: int | None = None):
     """The optimizer; with decay_steps, its rate follows a cosine decay over that many steps."""
+    learning_rate = resolved_learning_rate(name, learning_rate)
     if decay_steps:
         learning_rate = keras.optimizers.schedules.CosineDecay(
             learning_rate, decay_steps, alpha=0.01
@@ -202,10 +277,17 @@ def prepare_model_dir(folder: Path, resume: bool) -> str:
             f"{folder} already holds a trained model; choose another --models-root or move it away"
         )
     leftovers = [p.name for p in folder.glob("*") if p.name != "logs"] if folder.is_dir() else []
-    if resume and leftovers and not list(folder.glob("weights-improvement-*")):
+    first_epoch_only = leftovers and not list(folder.glob("weights-improvement-*"))
+    if resume and first_epoch_only:
         # Killed during its first epoch: nothing was saved that could be resumed.
         print(f"{folder}: no completed epoch to resume from; starting from epoch 1.")
         return "fresh"
+    if first_epoch_only and (folder / CONFIG_FILE).exists():
+        raise DatasetError(
+            f"{folder} holds a run that stopped before its first epoch ended "
+            f"({', '.join(sorted(leftovers)[:5])}); pass --resume to start it again there, "
+            "or choose another --models-root"
+        )
     if leftovers:
         raise DatasetError(
             f"{folder} is not empty ({', '.join(sorted(leftovers)[:5])}); "
@@ -222,9 +304,27 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
             f"[{projection}] {folder / FINAL_WEIGHTS} exists: training finished, nothing to resume."
         )
         return folder / FINAL_WEIGHTS
-    folder.mkdir(parents=True, exist_ok=True)
-
     replicas = strategy.num_replicas_in_sync
+    settings = resolved_settings(args, projection, replicas)
+    changes = []
+    if state == "resume":
+        saved_file = folder / CONFIG_FILE
+        saved = json.loads(saved_file.read_text()) if saved_file.exists() else {}
+        differences = setting_differences(saved, settings)
+        if differences and not args.allow_changes:
+            listing = "\n  ".join(
+                f"{k}: {old!r} -> {new!r}" for k, (old, new) in differences.items()
+            )
+            raise DatasetError(
+                f"{folder} was trained with other settings than these (saved -> now):\n  "
+                f"{listing}\nResume with the saved settings, or pass --resume --allow-changes "
+                "to continue with the new ones (both are then recorded in "
+                f"{CONFIG_FILE})."
+            )
+        changes = saved.get("changes_on_resume", []) + [
+            {"setting": key, "before": old, "after": new} for key, (old, new) in differences.items()
+        ]
+
     global_batch = args.batch_size * replicas
     size = (args.img_size, args.img_size)
     data = training_datasets(
@@ -236,6 +336,7 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
         augment=not args.no_augmentation,
         cache=False if args.no_cache else None,  # None: cache when it fits CACHE_LIMIT_BYTES
     )
+    folder.mkdir(parents=True, exist_ok=True)  # only now: a data error leaves no empty folder
     print(
         f"[{projection}] train {len(data.train_records)} images {data.class_counts('train')}, "
         f"validation {len(data.validation_records)} images {data.class_counts('validation')}; "
@@ -272,6 +373,8 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
             monitor="val_loss", factor=0.1, patience=15, min_lr=0.001, verbose=1
         )
     callbacks = [
+        # First: a NaN or infinite loss ends fit() before any callback below saves anything.
+        StopOnNonFiniteLoss(),
         checkpoint,
         *([plateau] if plateau else []),
         keras.callbacks.TensorBoard(log_dir=str(folder / "logs" / time.strftime("%Y%m%d-%H%M%S"))),
@@ -283,40 +386,43 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
         keras.callbacks.BackupAndRestore(str(folder / BACKUP_FOLDER), double_checkpoint=True),
     ]
     config = {
-        "projection": projection,
-        "classes": list(CLASSES),
-        "image_size": list(size),
-        "batch_size_per_replica": args.batch_size,
-        "replicas": replicas,
-        "epochs": args.epochs,
-        "optimizer": args.optimizer,
-        "learning_rate": args.learning_rate,
-        "lr_schedule": args.lr_schedule,
-        "seed": args.seed,
-        "mixed_precision": args.mixed_precision,
-        "class_weights": args.class_weights,
-        "augmentation": not args.no_augmentation,
+        **settings,
         "cached": data.cached,
-        "cardinality": args.cardinality,
-        "data_root": str(args.data_root),
         "train_images": len(data.train_records),
         "validation_images": len(data.validation_records),
         "tensorflow": tf.__version__,
         "keras": keras.__version__,
+        **({"changes_on_resume": changes} if changes else {}),
     }
     save_config(folder, config)
     started = time.perf_counter()
-    model.fit(
-        data.train,
-        epochs=args.epochs,
-        steps_per_epoch=data.steps_per_epoch,
-        validation_data=data.validation,
-        class_weight=class_weights(data.train_records) if args.class_weights else None,
-        callbacks=callbacks,
-        shuffle=False,  # the tf.data pipeline shuffles (Keras cannot shuffle a Dataset)
-        # Progress bars on a terminal; in a log file only the recorder's one-line summaries.
-        verbose=1 if sys.stdout.isatty() else 0,
-    )
+    try:
+        model.fit(
+            data.train,
+            epochs=args.epochs,
+            steps_per_epoch=data.steps_per_epoch,
+            validation_data=data.validation,
+            class_weight=class_weights(data.train_records) if args.class_weights else None,
+            callbacks=callbacks,
+            shuffle=False,  # the tf.data pipeline shuffles (Keras cannot shuffle a Dataset)
+            # Progress bars on a terminal; in a log file only the recorder's one-line summaries.
+            verbose=1 if sys.stdout.isatty() else 0,
+        )
+    except TrainingDiverged as error:
+        rate = settings["learning_rate"]
+        lower = f"--learning-rate {rate / 10:g}"
+        if (folder / BACKUP_FOLDER).is_dir():  # earlier epochs were finite and backed up
+            next_step = (
+                f"continue from the last finite epoch with --resume --allow-changes {lower}, "
+                f"or start again in another --models-root"
+            )
+        else:
+            next_step = f"no epoch was completed: run again with --resume {lower}"
+        raise TrainingDiverged(
+            f"[{projection}] training diverged: {error} with learning rate {rate:g}; try a "
+            f"lower --learning-rate (e.g. {rate / 10:g}). Nothing of the diverged model was "
+            f"saved in {folder}; {next_step}."
+        ) from error
     final = save_model(model, folder / FINAL_WEIGHTS)
     curves = plot_curves(folder)
     print(
@@ -328,6 +434,12 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
 
 def main(argv=None) -> int:
     args = parse_arguments(argv)
+    try:
+        check_writable(args.models_root, "models folder")
+    except UnwritableError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
     # The strategy comes first: splitting the CPU must precede any TF device use.
     strategy = choose_strategy(args.cpu_replicas)
     if args.mixed_precision:
@@ -341,6 +453,9 @@ def main(argv=None) -> int:
     except DatasetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except TrainingDiverged as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 3
     print(json.dumps({"trained": list(projections), "models_root": str(args.models_root)}))
     return 0
 

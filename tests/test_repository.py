@@ -59,7 +59,7 @@ FOUNDATION = {"conventions", "files", "preprocessing", "network"}
 ALLOWED_IMPORTS = {
     "conventions": set(),  # names and paths only: everything may use it, it uses nothing
     "files": set(),
-    "network": set(),
+    "network": {"conventions"},
     "preprocessing": {"conventions"},
     "training": FOUNDATION,  # stage 1
     "inference": FOUNDATION,  # stage 2

@@ -23,6 +23,7 @@ computation out in a few eager lines and checks it against this one.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 from scipy.ndimage import zoom
 
+from .conventions import CLASSES
 from .network import LAST_RESIDUAL_LAYER
 
 EPSILON = 1e-7  # keras.backend.epsilon(), as tf-keras-vis' normalisation uses
@@ -205,7 +207,12 @@ def viewable(preprocessed: np.ndarray) -> np.ndarray:
 
 
 def cam_file_names(predicted: str, stem: str, size: int) -> dict[str, str]:
-    """File names of stage 4, e.g. ``A_1251_1_A_CC_R_650.png`` (the reference's convention)."""
+    """File names of stage 4, e.g. ``A_1251_1_A_CC_R_650.png`` (the reference's convention).
+
+    The prefix is the *predicted* class, which changes with the model: files
+    of one image under another prefix are stale and ``write_cam_images``
+    removes them.
+    """
     return {
         "input": f"{predicted}_{stem}_{size}.png",
         "map": f"{predicted}_{stem}_map.png",
@@ -247,6 +254,13 @@ def write_cam_images(
     """
     folder = Path(folder)
     names = cam_file_names(predicted, stem, network_input.shape[0])
+    # Maps of this image written under another predicted class (another model,
+    # another run) would otherwise stay beside the new ones.
+    others = "|".join(c for c in CLASSES if c != predicted)
+    stale = re.compile(rf"({others})_{re.escape(stem)}_(\d+|map|overlay|contours|methods)\.png")
+    for path in folder.glob("*.png") if folder.is_dir() else []:
+        if stale.fullmatch(path.name):
+            path.unlink()
     stretched = to_image_size(cam, gray.shape)  # back to the real aspect ratio
     pictures = {
         "input": viewable(network_input),

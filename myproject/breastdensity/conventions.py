@@ -25,6 +25,9 @@ from pathlib import Path
 CLASSES = ("A", "B", "C", "D")
 NUM_CLASSES = len(CLASSES)
 
+# Smallest image side the network accepts: its five stride-2 steps leave a 2x2 map.
+MIN_IMAGE_SIZE = 64
+
 # Mammographic projections (views): craniocaudal and mediolateral oblique,
 # right and left breast. The short names are those of the prediction files.
 PROJECTIONS = ("CC_R", "CC_L", "MLO_R", "MLO_L")

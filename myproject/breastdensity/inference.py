@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -9,15 +11,33 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .conventions import NUM_CLASSES, DatasetError, ImageRecord
+from .conventions import (
+    CONFIG_FILE,
+    FINAL_WEIGHTS,
+    NUM_CLASSES,
+    DatasetError,
+    ImageRecord,
+    parse_image_name,
+)
 from .preprocessing import model_image_size, prediction_dataset
 
 
 def load_model(path: str | Path):
     """Load a .keras classifier for inference and check it fits the pipeline."""
     path = Path(path)
+    if path.is_dir():
+        raise DatasetError(
+            f"{path} is a folder, not a model file: give a .keras file inside it "
+            f"(such as {FINAL_WEIGHTS} or a weights-improvement-*.keras checkpoint)"
+        )
     if not path.is_file():
         raise DatasetError(f"model file {path} does not exist")
+    if path.suffix == ".keras" and not zipfile.is_zipfile(path):
+        # Keras would report "File not found" for a file that is there.
+        raise DatasetError(
+            f"{path}: not a Keras model file (a .keras file is a zip archive; this one is "
+            "truncated, corrupt or something else): copy or train it again"
+        )
     try:
         model = keras.saving.load_model(path, compile=False)
     except Exception as error:  # noqa: BLE001 - any loading failure is reported with the file
@@ -33,6 +53,56 @@ def load_model(path: str | Path):
         )
     model_image_size(model)  # raises if the size is not fixed
     return model
+
+
+def trained_projection(model_path: str | Path) -> str | None:
+    """The projection a model was trained on, from the training_config.json beside it (or None)."""
+    config = Path(model_path).parent / CONFIG_FILE
+    if not config.is_file():
+        return None
+    try:
+        return json.loads(config.read_text()).get("projection")
+    except (ValueError, AttributeError) as error:
+        raise DatasetError(f"{config}: not a readable training configuration ({error})") from error
+
+
+def check_projection_match(
+    model_path: str | Path,
+    records: list[ImageRecord],
+    projection: str,
+    allow_mismatch: bool = False,
+    flag: str = "--allow-projection-mismatch",
+) -> str | None:
+    """Refuse a model or images of another projection than ``projection``.
+
+    The model's projection comes from its ``training_config.json``; the
+    images' from their names (``<subject>_<CLASS>_<PROJ>.png``). Unknown
+    (no config, unconventional names) is not a mismatch.
+
+    Args:
+        flag: how the caller's user allows a mismatch, named in the message.
+
+    Returns:
+        The model's training projection, or None when unknown.
+
+    Raises:
+        DatasetError: a mismatch, unless ``allow_mismatch``.
+    """
+    trained = trained_projection(model_path)
+    problems = []
+    if trained is not None and trained != projection:
+        problems.append(f"the model {model_path} was trained on {trained} (its {CONFIG_FILE})")
+    named = [parse_image_name(r.path).projection for r in records]
+    others = sorted({p for p in named if p is not None and p != projection})
+    if others:
+        count = sum(p in others for p in named)
+        problems.append(f"{count} of {len(records)} images are named as {', '.join(others)}")
+    if problems and not allow_mismatch:
+        raise DatasetError(
+            f"projection {projection} requested, but {' and '.join(problems)}; use the model and "
+            f"images of {projection}, or set {flag} if this is really intended"
+        )
+    return trained
 
 
 @dataclass

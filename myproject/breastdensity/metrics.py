@@ -196,6 +196,12 @@ def fuse(
             "Set drop_incomplete=True to leave them out."
         )
     keep = complete & agreeing
+    if not keep.any():  # else scikit-learn fails later on an empty array, after some writing
+        raise DatasetError(
+            f"cannot fuse {'+'.join(members)}: no subject has all of {', '.join(members)} "
+            f"with one true label ({len(problems)} subject(s) left out, e.g. {problems[0]}); "
+            "check that the prediction files come from the same test set"
+        )
     kept = stacked[stacked["subject"].isin(keep.index[keep])]
     fused = kept.groupby("subject", sort=True).agg(
         true_label=("true_label", "first"), **{c: (c, "mean") for c in CLASSES}
@@ -204,12 +210,38 @@ def fuse(
     return fused.reset_index(), problems
 
 
+def check_model_sets(tables: dict[str, pd.DataFrame], members: tuple[str, ...]) -> None:
+    """Refuse to fuse projections whose predictions come from different model sets.
+
+    The set of a prediction file is the folder holding its model's
+    ``<PROJ>_model/`` (``attrs['model_set']``, set by ``read_predictions``
+    from the file's provenance columns); files without provenance, or whose
+    model file is no longer where it says, are not checked. Re-predicting one projection with another model, next to older
+    files of the others, is the mistake this catches.
+    """
+    sets = {p: tables[p].attrs.get("model_set") for p in members}
+    known = {p: s for p, s in sets.items() if s is not None}
+    if len(set(known.values())) > 1:
+        listing = "\n  ".join(f"{p}: {s}" for p, s in known.items())
+        raise DatasetError(
+            f"cannot fuse {'+'.join(members)}: the predictions come from different model sets:"
+            f"\n  {listing}\nPredict all projections with the same models "
+            "(Prediction_ResNet.py --projection all --models-root ...), or set "
+            "allow_mixed_models=True if mixing them is intended."
+        )
+
+
 def group_predictions(
-    tables: dict[str, pd.DataFrame], drop_incomplete: bool = False, by: str = "subject"
+    tables: dict[str, pd.DataFrame],
+    drop_incomplete: bool = False,
+    by: str = "subject",
+    allow_mixed_models: bool = False,
 ) -> tuple[dict[str, pd.DataFrame], dict[str, str]]:
     """Predictions of every computable group of ``GROUPS``; notes say why others are missing.
 
-    Single projections are used as they are; sides and total are fused.
+    Single projections are used as they are; sides and total are fused, and
+    refused when their projections were predicted by different model sets
+    (``check_model_sets``) unless ``allow_mixed_models``.
     """
     groups, notes = {}, {}
     for group in GROUPS:
@@ -222,6 +254,8 @@ def group_predictions(
             # canonical row order, so that bootstrap intervals do not depend on it
             groups[group] = tables[group].sort_values(["subject", "filename"], ignore_index=True)
             continue
+        if not allow_mixed_models:
+            check_model_sets(tables, members)
         fused, dropped = fuse(tables, members, drop_incomplete=drop_incomplete, by=by)
         groups[group] = fused
         if dropped:

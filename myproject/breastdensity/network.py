@@ -26,12 +26,13 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from .conventions import MIN_IMAGE_SIZE
+
 # (inner channels, output channels, stride of the first module) per stage.
 STAGES = ((64, 128, 1), (128, 256, 2), (128, 256, 2), (128, 256, 2))
 MODULES_PER_STAGE = 3
 LEAKY_SLOPE = 0.3  # Keras' LeakyReLU default, as the reference used it
 DROPOUT_RATE = 0.2
-MIN_IMAGE_SIZE = 64  # five stride-2 steps leave a 2x2 map at 64 px
 LAST_RESIDUAL_LAYER = f"stage{len(STAGES)}_module{MODULES_PER_STAGE}_out"
 OUTPUT_LAYER = "predictions"
 
@@ -54,6 +55,18 @@ def _bottleneck(x, inner: int, out: int, stride: int, project: bool, cardinality
         shortcut = layers.BatchNormalization(name=f"{name}_shortcut_bn")(shortcut)
     y = layers.Add(name=f"{name}_add")([y, shortcut])
     return layers.LeakyReLU(LEAKY_SLOPE, name=f"{name}_out")(y)
+
+
+def check_cardinality(cardinality: int) -> int:
+    """``cardinality`` if it splits every grouped convolution evenly, else ValueError."""
+    widths = sorted({inner for inner, _, _ in STAGES})
+    if cardinality < 1 or any(width % cardinality for width in widths):
+        divisors = [d for d in range(1, widths[0] + 1) if all(w % d == 0 for w in widths)]
+        raise ValueError(
+            f"cardinality {cardinality} must divide the grouped widths "
+            f"{' and '.join(map(str, widths))}: one of {', '.join(map(str, divisors))}"
+        )
+    return cardinality
 
 
 def build_resnet(
@@ -80,8 +93,7 @@ def build_resnet(
             f"input size {height}x{width} is too small: the network needs at least "
             f"{MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE} pixels"
         )
-    if any(inner % cardinality for inner, _, _ in STAGES):
-        raise ValueError(f"cardinality {cardinality} must divide 64 and 128")
+    check_cardinality(cardinality)
     inputs = keras.Input((height, width, channels), name="image")
     x = layers.Conv2D(64, 3, strides=2, padding="same", name="input_conv")(inputs)
     x = layers.BatchNormalization(name="input_bn")(x)

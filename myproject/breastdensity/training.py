@@ -5,6 +5,7 @@
 * ``build_augmentation``: the reference's augmentation as Keras layers.
 * ``HistoryRecorder``: the reference's history txt files, written every epoch
   and continued (not restarted) when a killed run resumes.
+* ``StopOnNonFiniteLoss``: a diverged run stops with an error, unsaved.
 * ``choose_strategy``: one device, all GPUs, or several nodes.
 """
 
@@ -296,6 +297,40 @@ class HistoryRecorder(keras.callbacks.Callback):
                 f"lr {row['learning_rate']:.2g}  ({row['seconds']:.1f} s)",
                 flush=True,
             )
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the message says when."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Stop training at the first NaN or infinite loss, by raising ``TrainingDiverged``.
+
+    Keras' ``TerminateOnNaN`` only sets ``stop_training``: Keras then still
+    validates and ends the epoch, so ``ModelCheckpoint`` and
+    ``BackupAndRestore`` would save the diverged model. Raising here, with this
+    callback first in the list, ends ``fit`` before any of them runs: the
+    files of earlier (finite) epochs stay as they were, nothing else is added.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self._epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch = epoch
+
+    def _check(self, logs, keys, where: str) -> None:
+        for key in keys:
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(float(keras.ops.convert_to_numpy(value))):
+                raise TrainingDiverged(f"{key} {float(value)} at epoch {self._epoch + 1}{where}")
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._check(logs, ("loss",), f", batch {batch + 1}")
+
+    def on_epoch_end(self, epoch, logs=None):
+        self._check(logs, ("loss", "val_loss"), " (end of epoch)")
 
 
 def write_history(model_dir: Path, rows: list[dict]) -> None:
