@@ -101,6 +101,7 @@ class Mammogram:
     upside_down: bool = False
     windowed: bool = True
     bits: int = 8
+    patient_id: str = ""
 
 
 @dataclass
@@ -254,6 +255,7 @@ def _read_dicom(path: Path) -> Mammogram:
         pixels = pixels[:, ::-1]  # back to the unflipped patient frame
         mammogram.fov_flipped = True
     mammogram.pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+    mammogram.patient_id = str(dataset.get("PatientID", "") or "")
     _resolve_from_dicom(mammogram, dataset)
     return mammogram
 

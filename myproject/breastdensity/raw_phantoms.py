@@ -238,7 +238,7 @@ def write_raw_phantoms(
     """Write ``count`` raw phantoms to ``out_dir``: DICOMs, truth masks, labels and manifest.
 
     Layout: ``RawDICOM/raw_NNNN.dcm``; ``RawTruth/raw_NNNN_{breast,pectoral,reference}.png``;
-    ``raw_labels.csv`` in Preprocess_Mammograms.py's ``csv`` label format
+    ``raw_labels.csv`` in Preprocess_Mammograms.py's ``csv`` label format, files relative to RawDICOM/
     (file, subject, laterality, view, density); ``raw_manifest.csv``.
 
     Returns:
@@ -260,7 +260,7 @@ def write_raw_phantoms(
             atomic_write(out_dir / "RawTruth" / f"{raw.name}_{suffix}.png",
                          lambda path, data=data: path.write_bytes(data))  # fmt: skip
         view, side = raw.projection.split("_")
-        labels.append({"file": f"RawDICOM/{raw.name}.dcm", "subject": raw.subject,
+        labels.append({"file": f"{raw.name}.dcm", "subject": raw.subject,
                        "laterality": side, "view": view, "density": raw.label})  # fmt: skip
         rows.append({"file": f"RawDICOM/{raw.name}.dcm", "projection": raw.projection,
                      "subject": raw.subject, "class": raw.label, **raw.description})  # fmt: skip
