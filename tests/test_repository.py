@@ -37,7 +37,13 @@ def test_scripts_run_from_the_root_and_from_myproject():
     import subprocess
     import sys
 
-    scripts = ["Train_ResNet.py", "Prediction_ResNet.py", "Make_Phantoms.py", "Run_Example.py"]
+    scripts = [
+        "Train_ResNet.py",
+        "Prediction_ResNet.py",
+        "Make_Phantoms.py",
+        "Run_Example.py",
+        "Preprocess_Mammograms.py",
+    ]
     for script in scripts:
         for cwd, path in ((REPO, f"myproject/{script}"), (MYPROJECT, script)):
             result = subprocess.run(
