@@ -178,7 +178,9 @@ def collect_jobs(args: argparse.Namespace) -> tuple[list[dict], list[tuple[str, 
             ]
         rows = table.rows
         if rows.empty:
-            raise DatasetError(f"no labelled image found under {input_dir} for --labels {args.labels}")
+            raise DatasetError(
+                f"no labelled image found under {input_dir} for --labels {args.labels}"
+            )
         fractions = tuple(args.split) if args.split else (0.7, 0.15, 0.15)
         if args.use_dataset_split:
             fractions = (0.8, 0.2, 0.0)
@@ -247,7 +249,10 @@ def process_job(task: tuple[dict, dict]) -> dict:
     thumbnail = None
     if settings["qa"]:
         factor = min(1.0, QA_THUMBNAIL_HEIGHT / result.image.shape[0])
-        size = (max(1, round(result.image.shape[1] * factor)), max(1, round(result.image.shape[0] * factor)))
+        size = (
+            max(1, round(result.image.shape[1] * factor)),
+            max(1, round(result.image.shape[0] * factor)),
+        )
         thumbnail = tuple(
             cv2.resize(array.astype(np.float32), size, interpolation=cv2.INTER_AREA)
             for array in (result.image, result.breast_mask, result.pectoral_mask)

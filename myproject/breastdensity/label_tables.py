@@ -9,7 +9,7 @@ plus the label rows whose image was not found and counts of rows skipped on
 purpose (no density, a view other than CC/MLO, a male patient ...). The
 formats, with their exact column names:
 
-* ``folder``: an existing ``<PROJ>/<CLASS>/`` tree under the input folder.
+* ``folder``: an existing ``<PROJ>/<CLASS>/`` (or ``<PROJ>/<split>/<CLASS>/``) tree.
 * ``csv``: ``file, subject, laterality, view, density`` (file relative to the input).
 * ``vindr`` (VinDr-Mammo ``breast-level_annotations.csv``): ``study_id, series_id,
   image_id, laterality, view_position, breast_density ("DENSITY A"..), split
@@ -112,7 +112,10 @@ def read_folder(input_dir: Path) -> LabelTable:
     records = []
     for projection in PROJECTIONS:
         for label in CLASSES:
-            for path in sorted((input_dir / projection / label).glob("*")):
+            # <PROJ>/<CLASS>/ or the reference's <PROJ>/<split>/<CLASS>/ (TestSet/CC_R/test/A)
+            paths = [*(input_dir / projection / label).glob("*"),
+                     *(input_dir / projection).glob(f"*/{label}/*")]  # fmt: skip
+            for path in sorted(paths):
                 if path.is_file() and not path.name.startswith("."):
                     view, side = projection.split("_")
                     records.append({"file": str(path), "subject": parse_image_name(path).subject,

@@ -417,6 +417,13 @@ def _remove_markers(
             foreground[halo] = False
 
 
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask.astype(np.uint8), 8)
+    if count <= 2:
+        return mask.astype(bool)
+    return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
+
+
 def segment_breast(image: np.ndarray) -> np.ndarray:
     """Breast mask of a display image (float [0, 1], any orientation): bool, same shape.
 
@@ -436,9 +443,17 @@ def segment_breast(image: np.ndarray) -> np.ndarray:
     noise = float(near.std()) if near.size else 0.0
     top = float(np.percentile(smooth, 99.5))
     threshold = background + max(5.0 * noise, 0.06 * (top - background))
+    lowest = float(image.min())
+    at_lowest = int(np.count_nonzero(image == lowest))
+    just_above = int(np.count_nonzero((image > lowest) & (image <= lowest + 2.5 / 255)))
+    if at_lowest > 0.05 * image.size and just_above < 0.1 * at_lowest:
+        # A perfectly flat background, not noise clipped by a window (an image
+        # already masked, like the reference's): every pixel above it is breast.
+        background, threshold = lowest, lowest + 0.5 / 255
     foreground = smooth > threshold
     _remove_film_borders(foreground)
     _remove_markers(foreground, smooth, background, top)
+    removed = (smooth > threshold) & ~foreground  # borders and markers: never breast
     foreground = foreground.astype(np.uint8)
     size = _odd(0.03 * min(image.shape))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (size, size))
@@ -448,12 +463,10 @@ def segment_breast(image: np.ndarray) -> np.ndarray:
         return np.zeros(image.shape, bool)
     largest = 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
     core = (labels == largest).astype(np.uint8)
-    breast = foreground.astype(bool) & cv2.dilate(core, kernel).astype(bool)
+    # the skin line from the unsmoothed image (the blur widened it by a pixel)
+    breast = (image > threshold) & ~removed & cv2.dilate(core, kernel).astype(bool)
     # keep it in one piece, without holes (dark fat inside the breast is breast)
-    count, labels, stats, _ = cv2.connectedComponentsWithStats(breast.astype(np.uint8), 8)
-    if count > 2:
-        breast = labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
-    return ndimage.binary_fill_holes(breast)
+    return ndimage.binary_fill_holes(_largest_component(breast))
 
 
 def chest_wall_on_right(breast: np.ndarray) -> bool:
@@ -464,54 +477,85 @@ def chest_wall_on_right(breast: np.ndarray) -> bool:
     return breast[:, right - band + 1 : right + 1].sum() >= breast[:, left : left + band].sum()
 
 
+def _row_means(cumulative, counts, rows, start, stop):
+    """Mean of each row's pixels in columns [start, stop) from row-wise cumulative sums."""
+    total = cumulative[rows, stop] - cumulative[rows, start]
+    number = counts[rows, stop] - counts[rows, start]
+    return np.where(number > 0, total / np.maximum(number, 1), np.nan)
+
+
 def find_pectoral(image: np.ndarray, breast: np.ndarray) -> np.ndarray:
     """Pectoral muscle of an MLO view with the chest wall on the right (bool mask).
 
-    The muscle is the bright region that hangs from the upper chest-wall
-    corner and narrows downwards. Per row, its width is the run of bright
-    pixels from the chest wall inwards; forcing that width to shrink from top
-    to bottom keeps dense tissue below it from being counted. Empty when the
-    region is not brighter than the breast beside it (e.g. already filled).
+    The muscle is a bright triangle in the upper chest-wall corner whose lower
+    edge is nearly straight (Kwok et al., IEEE TMI 2004, fit a line and then
+    refine it). Here: among straight lines from the top edge to the chest wall,
+    the one with the largest summed step in gray level across it (muscle
+    bright above, breast tissue darker below, measured in bands either side)
+    wins; then, row by row, the edge is moved to the strongest step within a
+    band around the line and the result smoothed with a quadratic fit. Empty
+    when the triangle is not brighter than the tissue beside it, or perfectly
+    uniform (an already filled muscle, as in the reference images).
     """
     height, width = breast.shape
+    empty = np.zeros_like(breast)
+    if height < 16 or width < 16:
+        return empty
     smooth = cv2.GaussianBlur(image, (0, 0), max(1.0, 0.01 * width))
-    corner = breast.copy()
-    corner[int(0.75 * height) :] = False
-    corner[:, : int(0.25 * width)] = False
-    if corner.sum() < 50:
-        return np.zeros_like(breast)
-    bright = (smooth > threshold_otsu(smooth[corner])) & corner
-    size = _odd(0.02 * width)
-    bright = cv2.morphologyEx(
-        bright.astype(np.uint8), cv2.MORPH_CLOSE, np.ones((size, size), np.uint8)
-    ).astype(bool)
-    # run length from the chest wall (the breast's rightmost pixel of each row)
-    widths = np.zeros(height, np.int64)
-    for row in np.flatnonzero(corner.any(axis=1)):
-        edge = int(np.flatnonzero(breast[row])[-1])
-        run = bright[row, : edge + 1][::-1]
-        widths[row] = int(np.argmin(run)) if not run.all() else run.size
-    widths = ndimage.median_filter(widths, size=_odd(0.03 * height), mode="nearest")
-    widths = np.minimum.accumulate(widths)  # narrows downwards
-    # a smooth boundary: quadratic fit of the width over the rows it covers
-    covered = np.flatnonzero(widths > 0)
+    values = np.where(breast, smooth, 0.0)
+    cumulative = np.pad(np.cumsum(values, axis=1), ((0, 0), (1, 0)))  # [y, x]: sum of x' < x
+    counts = np.pad(np.cumsum(breast, axis=1), ((0, 0), (1, 0)))
+    band = max(2, int(0.04 * width))
+    rows = np.arange(height)
+
+    # 1. The best straight edge: top-row crossing x_top, chest-wall crossing y_wall.
+    x_tops, y_walls = np.meshgrid(
+        np.linspace(0.15 * width, width - 2, 48), np.linspace(0.08 * height, 0.9 * height, 48)
+    )
+    x_tops, y_walls = x_tops.ravel()[:, None], y_walls.ravel()[:, None]
+    line = x_tops + (width - 1 - x_tops) * rows[None, :] / y_walls  # (candidates, rows)
+    position = np.clip(np.round(line).astype(np.int64), 0, width)
+    below = np.clip(position - band, 0, width)
+    above = np.clip(position + band, 0, width)
+    steps = _row_means(cumulative, counts, rows[None, :], position, above) - _row_means(
+        cumulative, counts, rows[None, :], below, position
+    )
+    steps = np.where(rows[None, :] < y_walls, np.nan_to_num(steps), 0.0)
+    best = int(np.argmax(steps.sum(axis=1)))
+    x_top, y_wall = float(x_tops[best, 0]), float(y_walls[best, 0])
+
+    # 2. Row by row: the strongest step within +-band of the line, then smoothed.
+    covered = rows[rows < y_wall]
+    line = x_top + (width - 1 - x_top) * covered / y_wall
+    offsets = np.arange(-band, band + 1)
+    candidates = np.clip(np.round(line[:, None] + offsets[None, :]).astype(np.int64), 1, width - 1)
+    half = max(2, band // 2)
+    local = _row_means(
+        cumulative, counts, covered[:, None], candidates, np.clip(candidates + half, 0, width)
+    ) - _row_means(cumulative, counts, covered[:, None], np.clip(candidates - half, 0, width),
+                   candidates)  # fmt: skip
+    edge = candidates[np.arange(covered.size), np.argmax(np.nan_to_num(local, nan=-1.0), axis=1)]
+    edge = ndimage.median_filter(edge.astype(float), size=_odd(0.05 * height), mode="nearest")
     if covered.size >= 5:
-        fit = np.polyval(np.polyfit(covered, widths[covered], 2), np.arange(height))
-        fit[covered[-1] + 1 :] = 0
-        widths = np.minimum.accumulate(np.clip(np.round(fit), 0, width).astype(np.int64))
-    columns = np.arange(width)[None, :]
-    edges = np.array(
-        [np.flatnonzero(row)[-1] if row.any() else -1 for row in breast], dtype=np.int64
-    )[:, None]
-    pectoral = (columns > edges - widths[:, None]) & (columns <= edges) & breast
+        edge = np.polyval(np.polyfit(covered, edge, 2), covered)
+    boundary = np.full(height, float(width))
+    boundary[covered] = edge
+    pectoral = (np.arange(width)[None, :] >= boundary[:, None]) & breast
+
     area = int(pectoral.sum())
-    if area < 0.01 * breast.sum() or widths[0] < 0.05 * width:
-        return np.zeros_like(breast)
-    # Contrast: the muscle against the breast tissue just beside it.
-    ring = cv2.dilate(pectoral.astype(np.uint8), np.ones((size * 3, size * 3), np.uint8))
+    if area < 0.01 * breast.sum():
+        return empty
+    ring = cv2.dilate(pectoral.astype(np.uint8), np.ones((2 * band + 1, 2 * band + 1), np.uint8))
     beside = ring.astype(bool) & breast & ~pectoral
-    if not beside.any() or smooth[pectoral].mean() - smooth[beside].mean() < PECTORAL_MIN_CONTRAST:
-        return np.zeros_like(breast)
+    if not beside.any():
+        return empty
+    # Already filled (the reference's images): most of the triangle is one gray
+    # value, which is not white (a saturated muscle is still muscle).
+    values, counts = np.unique(image[pectoral], return_counts=True)
+    if counts.max() > 0.5 * area and values[np.argmax(counts)] < 0.999:
+        return empty
+    if smooth[pectoral].mean() - smooth[beside].mean() < PECTORAL_MIN_CONTRAST:
+        return empty
     return pectoral
 
 
@@ -565,7 +609,7 @@ def preprocess(
     image = pixels[top:bottom, left:right]
     if scale < 1.0:
         resized = cv2.resize(crop_small.astype(np.float32), (right - left, bottom - top))
-        breast = (resized > 0.5) & (image > 0)
+        breast = resized > 0.5
     else:
         breast = crop_small.copy()
     on_right = chest_wall_on_right(crop_small)
@@ -580,7 +624,7 @@ def preprocess(
 
     # Display window from the breast itself when the file gave none.
     if not mammogram.windowed:
-        inside = (small[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1])
+        inside = small[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
         inside = (inside[:, ::-1] if mirrored else inside)[crop_small]
         low, high = np.percentile(inside, [0.5, 99.8])
         image = np.clip((image - low) / max(high - low, 1e-6), 0.0, 1.0)
@@ -606,9 +650,11 @@ def preprocess(
         factor = max_height / image.shape[0]
         size = (max(1, round(image.shape[1] * factor)), max_height)
         image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        breast = cv2.resize(breast.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
-        pectoral_mask = (
-            cv2.resize(pectoral_mask.astype(np.uint8), size, interpolation=cv2.INTER_NEAREST) > 0
+        # masks: area-averaged, so that ragged skin pixels do not become specks
+        breast = cv2.resize(breast.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+        breast = _largest_component(breast)
+        pectoral_mask = breast & (
+            cv2.resize(pectoral_mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
         )
         image[~breast] = 0.0
         resized_to = image.shape

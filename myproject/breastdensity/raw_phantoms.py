@@ -124,12 +124,16 @@ def make_raw_phantom(seed: int, index: int, size: tuple[int, int] = (320, 256)) 
         muscle = np.clip(
             float(display[phantom.breast_mask].mean()) + rng.uniform(60.0, 90.0), 0, 235
         )
-        texture = cv2.GaussianBlur(rng.normal(0.0, 6.0, display.shape).astype(np.float32), (0, 0), 2)
+        texture = cv2.GaussianBlur(
+            rng.normal(0.0, 6.0, display.shape).astype(np.float32), (0, 0), 2
+        )
         weight = cv2.GaussianBlur(pectoral.astype(np.float32), (0, 0), 1.0) * breast
         display = display * (1 - weight) + (muscle + texture) * weight
 
     # Detector field: chest wall on the right edge, random height and nipple-side margin.
-    field_height = height + (0 if projection.startswith("MLO") else int(rng.integers(0, height // 6)))
+    field_height = height + (
+        0 if projection.startswith("MLO") else int(rng.integers(0, height // 6))
+    )
     field_width = width + int(rng.integers(width // 8, width // 3))
     top = int(rng.integers(0, field_height - height + 1))
     left = field_width - width
@@ -146,7 +150,13 @@ def make_raw_phantom(seed: int, index: int, size: tuple[int, int] = (320, 256)) 
     radius = max(2, width // 60)
     centre = (
         int(columns[0] - radius - rng.integers(3, 8)),
-        int(np.clip(rows.mean() + rng.integers(-height // 6, height // 6), radius, field_height - radius - 1)),
+        int(
+            np.clip(
+                rows.mean() + rng.integers(-height // 6, height // 6),
+                radius,
+                field_height - radius - 1,
+            )
+        ),
     )
     cv2.circle(canvas, centre, radius, 255.0, -1, lineType=cv2.LINE_AA)
     # View label burned into the upper corner on the nipple side.
@@ -159,8 +169,12 @@ def make_raw_phantom(seed: int, index: int, size: tuple[int, int] = (320, 256)) 
 
     # Stored orientation.
     if side == "L":
-        canvas, truth_breast, truth_pectoral = (a[:, ::-1] for a in (canvas, truth_breast, truth_pectoral))
-    orientation = str(rng.choice(["as reference", "mirrored", "mirrored, FOV flip tag", "upside down"]))
+        canvas, truth_breast, truth_pectoral = (
+            a[:, ::-1] for a in (canvas, truth_breast, truth_pectoral)
+        )
+    orientation = str(
+        rng.choice(["as reference", "mirrored", "mirrored, FOV flip tag", "upside down"])
+    )
     fov_flip = "NO"
     if orientation.startswith("mirrored"):
         canvas = canvas[:, ::-1]
@@ -169,7 +183,11 @@ def make_raw_phantom(seed: int, index: int, size: tuple[int, int] = (320, 256)) 
         else:
             truth_breast, truth_pectoral = truth_breast[:, ::-1], truth_pectoral[:, ::-1]
     elif orientation == "upside down":
-        canvas, truth_breast, truth_pectoral = canvas[::-1], truth_breast[::-1], truth_pectoral[::-1]
+        canvas, truth_breast, truth_pectoral = (
+            canvas[::-1],
+            truth_breast[::-1],
+            truth_pectoral[::-1],
+        )
 
     mode = VOI_MODES[index % len(VOI_MODES)]
     photometric = "MONOCHROME1" if (index // len(VOI_MODES)) % 2 else "MONOCHROME2"
@@ -211,7 +229,10 @@ def make_raw_phantom(seed: int, index: int, size: tuple[int, int] = (320, 256)) 
         dataset.ViewPosition = view
     elif view_tag == "ViewCodeSequence":
         code = Dataset()
-        code.CodeValue, code.CodingSchemeDesignator = ("R-10242" if view == "CC" else "R-10226"), "SRT"
+        code.CodeValue, code.CodingSchemeDesignator = (
+            ("R-10242" if view == "CC" else "R-10226"),
+            "SRT",
+        )
         code.CodeMeaning = VIEW_MEANINGS[view]
         dataset.ViewCodeSequence = [code]
     else:
