@@ -207,9 +207,16 @@ def collect_jobs(args: argparse.Namespace) -> tuple[list[dict], list[tuple[str, 
 # ----------------------------------------------------------------------------
 
 
-def _png(array: np.ndarray) -> bytes:
-    # Compression level 1: several times faster than the default, files ~10 % larger.
-    ok, buffer = cv2.imencode(".png", array, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+def _png(array: np.ndarray, mask: bool = False) -> bytes:
+    # Speed: zlib level 1 with the RLE strategy is about 1.5x faster than the
+    # default and smaller on mammograms (long runs of background 0); masks as
+    # 1-bit PNGs (read back as 0/255), 5x faster still.
+    if mask:
+        parameters = [cv2.IMWRITE_PNG_BILEVEL, 1]
+    else:
+        parameters = [cv2.IMWRITE_PNG_COMPRESSION, 1,
+                      cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]  # fmt: skip
+    ok, buffer = cv2.imencode(".png", array, parameters)
     if not ok:
         raise RuntimeError("PNG encoding failed")
     return buffer.tobytes()
@@ -232,8 +239,10 @@ def process_job(task: tuple[dict, dict]) -> dict:
         relative = Path(UNLABELLED_FOLDER) / projection / unlabelled_file_name(subject, projection)
     files = {
         relative: _png(quantise(result.image, settings["bits"])),
-        stage0_mask_path(relative, "breast"): _png(result.breast_mask.astype(np.uint8) * 255),
-        stage0_mask_path(relative, "pectoral"): _png(result.pectoral_mask.astype(np.uint8) * 255),
+        stage0_mask_path(relative, "breast"): _png(result.breast_mask.astype(np.uint8) * 255, True),
+        stage0_mask_path(relative, "pectoral"): _png(
+            result.pectoral_mask.astype(np.uint8) * 255, True
+        ),
     }
     row = {
         "file": relative.as_posix(),

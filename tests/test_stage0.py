@@ -82,7 +82,7 @@ def test_raw_phantoms_come_out_close_to_the_generator_preprocessed_form(raw_resu
         reference = cv2.resize(reference, output.shape[::-1], interpolation=cv2.INTER_NEAREST)
         inside = (output > 0) & (reference > 0) & ~result.pectoral_mask
         correlation = np.corrcoef(output[inside].astype(float), reference[inside].astype(float))
-        assert correlation[0, 1] > 0.95, raw.name
+        assert correlation[0, 1] > 0.93, raw.name
         if raw.description["voi_mode"] != "FOR_PROCESSING":  # window given: same gray levels
             assert np.abs(output[inside].astype(float) - reference[inside]).mean() < 5, raw.name
         assert (output[~result.breast_mask] == 0).all()  # markers and labels gone

@@ -68,7 +68,7 @@ DECODER_PLUGINS = {
     dicom_uid.HTJ2KLossless: "pylibjpeg-openjpeg (pip install pylibjpeg pylibjpeg-openjpeg)",
 }
 # Segmentation and pectoral search run on a copy at most this many rows high.
-WORKING_HEIGHT = 800
+WORKING_HEIGHT = 512
 # The pectoral muscle must be this much brighter (display units 0-1) than the
 # breast tissue next to it to count as found.
 PECTORAL_MIN_CONTRAST = 0.06
@@ -88,7 +88,7 @@ class Mammogram:
     """
 
     path: Path
-    pixels: np.ndarray  # float32 (H, W) in [0, 1]
+    pixels: np.ndarray  # float32 (H, W) in [0, 1], or stored values (see value_range)
     laterality: str | None = None
     laterality_source: str = ""
     view: str | None = None
@@ -102,6 +102,21 @@ class Mammogram:
     windowed: bool = True
     bits: int = 8
     patient_id: str = ""
+    # When set, ``pixels`` holds the stored values and display = (pixels - low) / (high - low).
+    value_range: tuple[float, float] | None = None
+
+    def display(self) -> np.ndarray:
+        """The image as float32 display gray levels in [0, 1]."""
+        return _to_display(self.pixels, self.value_range)
+
+
+def _to_display(array: np.ndarray, value_range: tuple[float, float] | None) -> np.ndarray:
+    if value_range is None:
+        return array.astype(np.float32, copy=False)
+    low, high = value_range
+    result = np.subtract(array, np.float32(low), dtype=np.float32)
+    result *= np.float32(1.0 / (high - low))
+    return result
 
 
 @dataclass
@@ -243,18 +258,27 @@ def _read_dicom(path: Path) -> Mammogram:
             function = str(dataset.get("VOILUTFunction", "LINEAR")).upper()
             mammogram.voi = f"window {function}"
     else:
-        values = values.astype(np.float32)
-        low, high = float(values.min()), float(values.max())
-        pixels = (values - low) / max(high - low, 1e-6)
+        # No VOI: keep the integers (a float copy of a 13-megapixel film costs
+        # more than decoding it); preprocess maps value_range onto [0, 1] only
+        # on the small copy and the crop.
+        if values.dtype not in (np.uint8, np.uint16, np.int16):
+            values = values.astype(np.float32)
+        low, high = (float(v) for v in cv2.minMaxLoc(values)[:2])
+        pixels, mammogram.value_range = values, (low, max(high, low + 1e-6))
         mammogram.voi = "percentile window in the breast"
         mammogram.windowed = False
     if photometric == "MONOCHROME1" and not mammogram.raw_conversion:
-        pixels = 1.0 - pixels  # after VOI, as the standard says
+        if mammogram.value_range is not None:
+            mammogram.value_range = mammogram.value_range[::-1]  # high -> 0, low -> 1
+        else:
+            pixels = 1.0 - pixels  # after VOI, as the standard says
         mammogram.inverted = True
     if str(dataset.get("FieldOfViewHorizontalFlip", "NO")).upper() == "YES":
         pixels = pixels[:, ::-1]  # back to the unflipped patient frame
         mammogram.fov_flipped = True
-    mammogram.pixels = np.ascontiguousarray(pixels, dtype=np.float32)
+    if mammogram.value_range is None:
+        pixels = pixels.astype(np.float32, copy=False)
+    mammogram.pixels = np.ascontiguousarray(pixels)
     mammogram.patient_id = str(dataset.get("PatientID", "") or "")
     _resolve_from_dicom(mammogram, dataset)
     return mammogram
@@ -510,7 +534,7 @@ def find_pectoral(image: np.ndarray, breast: np.ndarray) -> np.ndarray:
 
     # 1. The best straight edge: top-row crossing x_top, chest-wall crossing y_wall.
     x_tops, y_walls = np.meshgrid(
-        np.linspace(0.15 * width, width - 2, 48), np.linspace(0.08 * height, 0.9 * height, 48)
+        np.linspace(0.15 * width, width - 2, 32), np.linspace(0.08 * height, 0.9 * height, 32)
     )
     x_tops, y_walls = x_tops.ravel()[:, None], y_walls.ravel()[:, None]
     line = x_tops + (width - 1 - x_tops) * rows[None, :] / y_walls  # (candidates, rows)
@@ -596,7 +620,12 @@ def preprocess(
     scale = min(1.0, WORKING_HEIGHT / height)
     small = pixels
     if scale < 1.0:
-        small = cv2.resize(pixels, (round(width * scale), round(height * scale)), cv2.INTER_AREA)
+        small = cv2.resize(
+            np.ascontiguousarray(pixels),
+            (round(width * scale), round(height * scale)),
+            interpolation=cv2.INTER_AREA,
+        )
+    small = _to_display(small, mammogram.value_range)
     breast_small = segment_breast(small)
     if breast_small.sum() < 0.01 * breast_small.size:
         raise MammogramError(f"{path}: no breast found (empty or nearly black image)")
@@ -606,12 +635,22 @@ def preprocess(
     top, bottom = int(rows[0] / scale), min(height, int(np.ceil((rows[-1] + 1) / scale)))
     left, right = int(columns[0] / scale), min(width, int(np.ceil((columns[-1] + 1) / scale)))
     crop_small = breast_small[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
+    # Output size: the crop, or less when --max-height asks; everything below
+    # works at that size (a full-resolution mask is never needed).
+    size = (right - left, bottom - top)  # (width, height), as OpenCV wants it
+    resized_to = None
+    if max_height and size[1] > max_height:
+        size = (max(1, round(size[0] * max_height / size[1])), max_height)
+        resized_to = (size[1], size[0])
     image = pixels[top:bottom, left:right]
-    if scale < 1.0:
-        resized = cv2.resize(crop_small.astype(np.float32), (right - left, bottom - top))
-        breast = resized > 0.5
-    else:
+    if resized_to is not None:
+        image = cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
+    if crop_small.shape[::-1] == size:
         breast = crop_small.copy()
+    else:
+        # area-averaged, so that ragged skin pixels do not become specks
+        breast = cv2.resize(crop_small.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+        breast = _largest_component(breast)
     on_right = chest_wall_on_right(crop_small)
     laterality, laterality_source = mammogram.laterality, mammogram.laterality_source
     if laterality is None:
@@ -619,15 +658,22 @@ def preprocess(
         # has its chest wall on the right.
         laterality, laterality_source = ("R" if on_right else "L"), "image half (guess)"
     mirrored = on_right != (laterality == "R")
-    if mirrored:
-        image, breast, crop_small = image[:, ::-1], breast[:, ::-1], crop_small[:, ::-1]
 
-    # Display window from the breast itself when the file gave none.
+    # Display window from the breast itself when the file gave none; a new
+    # array either way (the crop is a view of the decoded image).
     if not mammogram.windowed:
-        inside = small[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1]
-        inside = (inside[:, ::-1] if mirrored else inside)[crop_small]
+        inside = small[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1][crop_small]
         low, high = np.percentile(inside, [0.5, 99.8])
-        image = np.clip((image - low) / max(high - low, 1e-6), 0.0, 1.0)
+        if mammogram.value_range is not None:  # back to stored values: one pass over the crop
+            start, stop = mammogram.value_range
+            low, high = start + low * (stop - start), start + high * (stop - start)
+        image = _to_display(image, (low, high if high != low else low + 1e-6))
+        np.clip(image, 0.0, 1.0, out=image)
+    else:
+        image = image.astype(np.float32, copy=True)
+    if mirrored:
+        image, breast, crop_small = cv2.flip(image, 1), breast[:, ::-1], crop_small[:, ::-1]
+        breast = np.ascontiguousarray(breast)
 
     pectoral_mask = np.zeros_like(breast)
     if mammogram.view == "MLO":
@@ -642,22 +688,11 @@ def preprocess(
             pectoral_mask = (
                 cv2.resize(found.astype(np.float32), breast.shape[::-1]) > 0.5
             ) & breast
-    image = np.where(breast, np.maximum(image, 1.0 / 255.0), 0.0).astype(np.float32)
+    # background exactly 0, breast never 0 (the reference's convention)
+    image[~breast] = 0.0
+    np.maximum(image, np.float32(1.0 / 255.0), out=image, where=breast)
     if pectoral == "mean" and pectoral_mask.any():
         image[pectoral_mask] = float(image[breast & ~pectoral_mask].mean())
-    resized_to = None
-    if max_height and image.shape[0] > max_height:
-        factor = max_height / image.shape[0]
-        size = (max(1, round(image.shape[1] * factor)), max_height)
-        image = cv2.resize(image, size, interpolation=cv2.INTER_AREA)
-        # masks: area-averaged, so that ragged skin pixels do not become specks
-        breast = cv2.resize(breast.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
-        breast = _largest_component(breast)
-        pectoral_mask = breast & (
-            cv2.resize(pectoral_mask.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
-        )
-        image[~breast] = 0.0
-        resized_to = image.shape
     decisions = {
         "laterality": laterality,
         "laterality_source": laterality_source,
