@@ -38,6 +38,7 @@ import re
 import shutil
 import sys
 import time
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -189,15 +190,18 @@ def collect_jobs(args: argparse.Namespace) -> tuple[list[dict], list[tuple[str, 
             hints = {"laterality": row.laterality, "view": row.view, "source": "label table"}
             jobs.append({"source": Path(row.file), "subject": _clean_subject(str(row.subject)),
                          "density": row.density, "split": row.split, "hints": hints})  # fmt: skip
-    # Duplicate images: the same bytes under two names.
+    # Duplicate images: the same bytes under two names. Only files of equal
+    # size can be equal, so only those are hashed.
+    sizes = Counter(job["source"].stat().st_size for job in jobs)
     seen: dict[str, Path] = {}
     unique = []
     for job in jobs:
-        digest = hashlib.sha1(job["source"].read_bytes()).hexdigest()
-        if digest in seen:
-            problems.append((str(job["source"]), f"duplicate of {seen[digest]}"))
-            continue
-        seen[digest] = job["source"]
+        if sizes[job["source"].stat().st_size] > 1:
+            digest = hashlib.sha1(job["source"].read_bytes()).hexdigest()
+            if digest in seen:
+                problems.append((str(job["source"]), f"duplicate of {seen[digest]}"))
+                continue
+            seen[digest] = job["source"]
         unique.append(job)
     return unique, problems, ignored
 

@@ -583,6 +583,17 @@ def find_pectoral(image: np.ndarray, breast: np.ndarray) -> np.ndarray:
     return pectoral
 
 
+def shrink(array: np.ndarray, factor: int) -> np.ndarray:
+    """Area-average by a whole factor (OpenCV's fast path; 3-4x faster than any size)."""
+    return cv2.resize(
+        np.ascontiguousarray(array),
+        None,
+        fx=1.0 / factor,
+        fy=1.0 / factor,
+        interpolation=cv2.INTER_AREA,
+    )
+
+
 def projection_name(view: str, laterality: str) -> str:
     return f"{view}_{laterality}"
 
@@ -617,14 +628,10 @@ def preprocess(
     if mammogram.upside_down:
         pixels = pixels[::-1]
     height, width = pixels.shape
-    scale = min(1.0, WORKING_HEIGHT / height)
     small = pixels
-    if scale < 1.0:
-        small = cv2.resize(
-            np.ascontiguousarray(pixels),
-            (round(width * scale), round(height * scale)),
-            interpolation=cv2.INTER_AREA,
-        )
+    if height > WORKING_HEIGHT:
+        small = shrink(pixels, int(np.ceil(height / WORKING_HEIGHT)))
+    scale = small.shape[0] / height
     small = _to_display(small, mammogram.value_range)
     breast_small = segment_breast(small)
     if breast_small.sum() < 0.01 * breast_small.size:
@@ -644,6 +651,9 @@ def preprocess(
         resized_to = (size[1], size[0])
     image = pixels[top:bottom, left:right]
     if resized_to is not None:
+        factor = (bottom - top) // size[1]
+        if factor > 1:  # OpenCV's fast path for whole factors first
+            image = shrink(image, factor)
         image = cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
     if crop_small.shape[::-1] == size:
         breast = crop_small.copy()
