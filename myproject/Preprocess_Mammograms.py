@@ -291,8 +291,9 @@ def plot_contact_sheet(items: list[tuple[dict, tuple]], path: Path) -> Path:
     figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 4.0 * rows), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
+    shown = None
     for axis, (row, (image, breast, pectoral)) in zip(axes.flat, items, strict=False):
-        axis.imshow(image, cmap="gray", vmin=0, vmax=1)
+        shown = axis.imshow(image * 255, cmap="gray", vmin=0, vmax=255)
         axis.contour(breast, levels=[0.5], colors="lime", linewidths=0.8)
         if pectoral.max() > 0.5:
             axis.contour(pectoral, levels=[0.5], colors="red", linewidths=0.8)
@@ -307,6 +308,8 @@ def plot_contact_sheet(items: list[tuple[dict, tuple]], path: Path) -> Path:
         "Stage 0 QA: green = breast contour, red = pectoral muscle (filled or kept)", fontsize=9
     )
     figure.tight_layout()
+    colorbar = figure.colorbar(shown, ax=axes, shrink=0.6, pad=0.01)
+    colorbar.set_label("output gray level (8-bit scale)", fontsize=8)
     atomic_write(path, lambda target: figure.savefig(target, dpi=90))
     plt.close(figure)
     return path
