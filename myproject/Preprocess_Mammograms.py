@@ -341,7 +341,12 @@ def run(args: argparse.Namespace) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging.mkdir()
     rows, skipped, thumbnails, written = [], list(problems), [], {}
-    executor = ProcessPoolExecutor(args.workers) if args.workers > 1 else None
+    # one OpenCV thread per worker process: the processes are the parallelism
+    executor = (
+        ProcessPoolExecutor(args.workers, initializer=cv2.setNumThreads, initargs=(1,))
+        if args.workers > 1
+        else None
+    )
     try:
         tasks = [(job, settings) for job in jobs]
         results = executor.map(process_job, tasks) if executor else map(process_job, tasks)

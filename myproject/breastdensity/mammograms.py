@@ -660,7 +660,8 @@ def preprocess(
     else:
         # area-averaged, so that ragged skin pixels do not become specks
         breast = cv2.resize(crop_small.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
-        breast = _largest_component(breast)
+        if size[1] < crop_small.shape[0]:  # shrinking can leave specks; enlarging cannot
+            breast = _largest_component(breast)
     on_right = chest_wall_on_right(crop_small)
     laterality, laterality_source = mammogram.laterality, mammogram.laterality_source
     if laterality is None:
