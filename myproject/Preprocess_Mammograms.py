@@ -58,6 +58,7 @@ from breastdensity.files import atomic_write
 from breastdensity.label_tables import FORMATS, assign_splits, read_labels
 from breastdensity.mammograms import (
     MammogramError,
+    OtherViewError,
     is_candidate_image,
     names_from_text,
     preprocess,
@@ -232,6 +233,8 @@ def process_job(task: tuple[dict, dict]) -> dict:
     try:
         mammogram = read_mammogram(job["source"], job["hints"])
         result = preprocess(mammogram, settings["pectoral"], settings["max_height"])
+    except OtherViewError as error:  # listed and skipped, whatever --skip-bad says
+        return {"job": job, "error": str(error), "other_view": True}
     except MammogramError as error:
         return {"job": job, "error": str(error)}
     projection = result.projection
@@ -353,7 +356,7 @@ def run(args: argparse.Namespace) -> dict:
         for result in results:
             source = str(result["job"]["source"])
             if "error" in result:
-                if not args.skip_bad:
+                if not args.skip_bad and not result.get("other_view"):
                     raise DatasetError(f"{result['error']}\nNothing was written to {out}.")
                 skipped.append((source, result["error"]))
                 continue

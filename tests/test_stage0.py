@@ -6,6 +6,7 @@ import shutil
 from pathlib import Path
 
 import cv2
+import Make_Phantoms
 import numpy as np
 import pandas as pd
 import Preprocess_Mammograms
@@ -212,11 +213,13 @@ def test_shipped_testset_goes_through_unchanged(tmp_path):
 
 @pytest.fixture(scope="module")
 def raw_folder(tmp_path_factory):
-    """16 small raw DICOMs (4 subjects) and their labels in the csv format."""
-    from breastdensity.raw_phantoms import write_raw_phantoms
-
+    """16 small raw DICOMs (4 subjects) and their labels in the csv format (Make_Phantoms.py --raw)."""
     root = tmp_path_factory.mktemp("rawset")
-    write_raw_phantoms(root, 16, SEED, (160, 128))
+    assert Make_Phantoms.main(["--raw", "--out", str(root), "--subjects", "4", "0", "0",
+                               "--size", "160", "128", "--seed", str(SEED)]) == 0  # fmt: skip
+    assert len(list((root / "RawDICOM").glob("*.dcm"))) == 16
+    truth = pd.read_csv(root / "raw_manifest.csv")
+    assert sorted(truth["projection"].unique()) == sorted(PROJECTIONS)
     return root
 
 
@@ -410,6 +413,29 @@ def test_unknown_view(good_pngs, tmp_path, capsys):
     write_png(good_pngs / "scan7.png", make_raw_phantom(SEED, 4, (160, 128)).reference)
     _fails_naming(good_pngs, tmp_path / "o", "scan7.png", "unknown view", capsys)
     _skip_lists(good_pngs, tmp_path / "s", "scan7.png")
+
+
+def test_unknown_laterality_falls_back_to_the_image_half_and_says_so(tmp_path):
+    folder = tmp_path / "input"
+    write_png(folder / "CC scan.png", make_raw_phantom(SEED, 1, (160, 128)).reference)  # a left CC
+    assert Preprocess_Mammograms.main(["--input", str(folder), "--out", str(tmp_path / "o")]) == 0
+    row = pd.read_csv(tmp_path / "o" / "manifest.csv").iloc[0]
+    assert (row.projection, row.laterality_source) == ("CC_L", "image half (guess)")
+
+
+def test_other_views_are_listed_and_skipped(good_pngs, tmp_path, capsys):
+    raw = make_raw_phantom(SEED, 0, (160, 128))
+    for keyword in ("ViewCodeSequence", "ViewPosition", "PatientOrientation"):
+        if keyword in raw.dataset:
+            delattr(raw.dataset, keyword)
+    raw.dataset.ViewPosition = "XCCL"  # exaggerated cranio-caudal
+    raw.dataset.save_as(good_pngs / "xccl.dcm", enforce_file_format=True)
+    out = tmp_path / "o"
+    assert Preprocess_Mammograms.main(["--input", str(good_pngs), "--out", str(out)]) == 0
+    assert "xccl.dcm: view XCCL is not CC or MLO; skipped" in capsys.readouterr().out
+    skipped = pd.read_csv(out / "skipped.csv")
+    assert skipped["source"].str.endswith("xccl.dcm").tolist() == [True]
+    assert len(pd.read_csv(out / "manifest.csv")) == 2
 
 
 def test_duplicate_images(good_pngs, tmp_path, capsys):

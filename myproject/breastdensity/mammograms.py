@@ -78,6 +78,10 @@ class MammogramError(DatasetError):
     """An image that cannot be read or preprocessed; the message names the file."""
 
 
+class OtherViewError(MammogramError):
+    """A view other than CC or MLO (XCCL, LM, spot views ...): listed and skipped, not an error."""
+
+
 @dataclass
 class Mammogram:
     """One decoded image: display gray levels in [0, 1] (dense tissue bright) and what it says.
@@ -623,7 +627,7 @@ def preprocess(
             "give --labels csv)"
         )
     if mammogram.view not in VIEWS:
-        raise MammogramError(f"{path}: view {mammogram.view} is not CC or MLO; skipped")
+        raise OtherViewError(f"{path}: view {mammogram.view} is not CC or MLO; skipped")
     pixels = mammogram.pixels
     if mammogram.upside_down:
         pixels = pixels[::-1]
