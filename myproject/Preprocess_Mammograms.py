@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import multiprocessing
 import os
 import re
 import shutil
@@ -344,12 +345,20 @@ def run(args: argparse.Namespace) -> dict:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging.mkdir()
     rows, skipped, thumbnails, written = [], list(problems), [], {}
-    # one OpenCV thread per worker process: the processes are the parallelism
-    executor = (
-        ProcessPoolExecutor(args.workers, initializer=cv2.setNumThreads, initargs=(1,))
-        if args.workers > 1
-        else None
-    )
+    # Workers come from a fresh server process ("forkserver"): forking this one,
+    # whose OpenCV thread pool may be running, can deadlock. One OpenCV thread
+    # per worker: the processes are the parallelism.
+    executor = None
+    if args.workers > 1:
+        context = multiprocessing.get_context("forkserver")
+        # the server imports this script and its libraries once; workers fork from it
+        context.set_forkserver_preload([__name__, "breastdensity.mammograms"])
+        executor = ProcessPoolExecutor(
+            args.workers,
+            mp_context=context,
+            initializer=cv2.setNumThreads,
+            initargs=(1,),
+        )
     try:
         tasks = [(job, settings) for job in jobs]
         results = executor.map(process_job, tasks) if executor else map(process_job, tasks)
