@@ -351,7 +351,14 @@ def run(args: argparse.Namespace) -> dict:
     executor = None
     if args.workers > 1:
         context = multiprocessing.get_context("forkserver")
-        # the server imports this script and its libraries once; workers fork from it
+        # The server imports this script and its libraries once; workers fork
+        # from it. Python 3.11's forkserver ignores sys.path, so it is told
+        # where this script lives through PYTHONPATH (else every worker of
+        # every run imports pandas, pydicom, OpenCV ... again: seconds).
+        here = str(Path(__file__).resolve().parent)
+        paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if here not in paths:
+            os.environ["PYTHONPATH"] = os.pathsep.join([here, *paths])
         context.set_forkserver_preload([__name__, "breastdensity.mammograms"])
         executor = ProcessPoolExecutor(
             args.workers,
