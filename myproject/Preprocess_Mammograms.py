@@ -292,7 +292,7 @@ def plot_contact_sheet(items: list[tuple[dict, tuple]], path: Path) -> Path:
     items = items[:QA_MAX_IMAGES]
     columns = min(4, len(items))
     rows = int(np.ceil(len(items) / columns))
-    figure, axes = plt.subplots(rows, columns, figsize=(2.6 * columns, 4.0 * rows), squeeze=False)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 4.3 * rows), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     shown = None
@@ -304,15 +304,15 @@ def plot_contact_sheet(items: list[tuple[dict, tuple]], path: Path) -> Path:
         label = f" {row['class']}" if row["class"] else ""
         axis.set_title(
             f"{Path(row['source']).name}\n{row['projection']}{label}, "
-            f"side: {row['laterality_source']}\nview: {row['view_source']}, "
-            f"{'mirrored' if row['mirrored'] else 'not mirrored'}",
+            f"{'mirrored' if row['mirrored'] else 'as stored'}\n"
+            f"side from {row['laterality_source']}\nview from {row['view_source']}",
             fontsize=7,
         )
     figure.suptitle(
         "Stage 0 QA: green = breast contour, red = pectoral muscle (filled or kept)", fontsize=9
     )
-    figure.tight_layout()
-    colorbar = figure.colorbar(shown, ax=axes, shrink=0.6, pad=0.01)
+    figure.tight_layout(rect=(0, 0, 0.9, 1))
+    colorbar = figure.colorbar(shown, cax=figure.add_axes((0.92, 0.3, 0.015, 0.4)))
     colorbar.set_label("output gray level (8-bit scale)", fontsize=8)
     atomic_write(path, lambda target: figure.savefig(target, dpi=90))
     plt.close(figure)
