@@ -13,6 +13,15 @@ writes ``../data/phantoms/TrainingSet/<PROJ>/train/<CLASS>/<subject>_<CLASS>_<PR
 (and ValidationSet/, TestSet/), the masks in a parallel tree under
 ``DenseMasks/`` (255 = dense tissue) and ``manifest.csv`` (one row per image:
 file, subject, projection, split, class, percent density, parameters, seed).
+
+With ``--raw`` the same phantoms are written as a scanner would store them, for
+testing stage 0 (``Preprocess_Mammograms.py``): 16-bit DICOMs (VOI windows incl.
+SIGMOID, VOI LUTs, MONOCHROME1/2, flips, burned-in markers, bright pectoral
+muscle) in ``RawDICOM/``, true breast/pectoral masks and the preprocessed form
+in ``RawTruth/``, ``raw_labels.csv`` (the ``csv`` label format) and
+``raw_manifest.csv``; 4 images per subject, no splits::
+
+    python Make_Phantoms.py --raw --out ../data/raw_phantoms --subjects 10 0 0 --size 320 256 --seed 1
 """
 
 from __future__ import annotations
@@ -27,6 +36,7 @@ from pathlib import Path
 from breastdensity.conventions import MIN_IMAGE_SIZE
 from breastdensity.files import UnwritableError
 from breastdensity.phantoms import PREVALENCE, generate_dataset, plot_examples
+from breastdensity.raw_phantoms import write_raw_phantoms
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -79,6 +89,11 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         "manifest.csv lists, and nothing at all if the dataset folders hold anything else",
     )
     parser.add_argument(
+        "--raw",
+        action="store_true",
+        help="write raw 16-bit DICOM phantoms with true masks (stage-0 ground truth) instead",
+    )
+    parser.add_argument(
         "--preview", type=Path, help="also save a classes x projections figure to this PNG"
     )
     args = parser.parse_args(argv)
@@ -99,6 +114,15 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_arguments(argv)
     started = time.perf_counter()
+    if args.raw:
+        images = 4 * sum(args.subjects)
+        if (args.out / "RawDICOM").exists() and not args.overwrite:
+            print(f"error: {args.out}/RawDICOM exists; choose another --out or pass --overwrite",
+                  file=sys.stderr)  # fmt: skip
+            return 2
+        manifest = write_raw_phantoms(args.out, images, args.seed, tuple(args.size))
+        print(f"{images} raw DICOM phantoms in {time.perf_counter() - started:.1f} s; {manifest}")
+        return 0
     try:
         manifest = generate_dataset(
             args.out,

@@ -22,6 +22,13 @@ Examples, from myproject/ (seconds on a CPU for the shipped example)::
     python Prediction_ResNet.py --projection all
     python Prediction_ResNet.py --projection CC_R --model CC_R_model/final_weights.keras \\
         --test-root ../data/phantoms/TestSet --output-dir ../runs/Prediction
+
+Images without labels (stage 0's ``OUT/Unlabelled/<PROJ>/`` tree, or a flat folder
+of ``<subject>_<PROJ>.png``): ``--images DIR``; ``true_label`` is left empty and
+no accuracy is computed::
+
+    python Prediction_ResNet.py --projection all --images ../runs/stage0_real \\
+        --output-dir ../runs/Prediction_real
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ from breastdensity.conventions import (
     DatasetError,
     default_model_path,
     list_class_images,
+    list_unlabelled_images,
     projection_test_folder,
 )
 from breastdensity.files import UnwritableError, check_writable
@@ -71,6 +79,12 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         default=Path("TestSet"),
         help="images in <test-root>/<PROJ>/test/<CLASS>/",
     )
+    parser.add_argument(
+        "--images",
+        type=Path,
+        help="predict unlabelled images instead: a stage-0 output, its Unlabelled/ folder, or a "
+        "flat folder of <subject>_<PROJ>.png (true_label left empty)",
+    )
     parser.add_argument("--output-dir", type=Path, default=Path("Prediction"))
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument(
@@ -93,10 +107,15 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def predict_projection(projection: str, args: argparse.Namespace):
+    if args.images is not None:
+        records = list_unlabelled_images(args.images, projection)
+        if not records:
+            return None
+    else:
+        records = list_class_images(
+            projection_test_folder(args.test_root, projection), what=f"{projection} test"
+        )
     model_path = args.model or default_model_path(args.models_root, projection)
-    records = list_class_images(
-        projection_test_folder(args.test_root, projection), what=f"{projection} test"
-    )
     model = load_model(model_path)
     trained_on = check_projection_match(
         model_path, records, projection, args.allow_projection_mismatch
@@ -105,9 +124,7 @@ def predict_projection(projection: str, args: argparse.Namespace):
     result = predict_records(model, records, batch_size=args.batch_size, skip_bad=args.skip_bad)
     seconds = time.perf_counter() - started
     if not result.records:
-        raise DatasetError(
-            f"no readable image in {projection_test_folder(args.test_root, projection)}"
-        )
+        raise DatasetError(f"no readable {projection} image in {args.images or args.test_root}")
     check_probabilities(
         result.probabilities,
         f"the model {model_path}",
@@ -120,12 +137,20 @@ def predict_projection(projection: str, args: argparse.Namespace):
 
 
 def summary(projection, table, result, model_path, seconds) -> str:
-    counts = table["true_label"].value_counts().reindex(list(CLASSES), fill_value=0)
-    accuracy = (table["true_label"] == table["predicted_label"]).mean()
-    lines = [
-        f"[{projection}] {len(table)} images ({', '.join(f'{c}: {n}' for c, n in counts.items())}) "
-        f"with {model_path} in {seconds:.1f} s; accuracy {accuracy:.3f}"
-    ]
+    if (table["true_label"] == "").all():  # --images: nothing to compare with
+        predicted = table["predicted_label"].value_counts().reindex(list(CLASSES), fill_value=0)
+        lines = [
+            f"[{projection}] {len(table)} unlabelled images with {model_path} in {seconds:.1f} s; "
+            f"predicted {', '.join(f'{c}: {n}' for c, n in predicted.items())} "
+            "(no true labels: accuracy not computed)"
+        ]
+    else:
+        counts = table["true_label"].value_counts().reindex(list(CLASSES), fill_value=0)
+        accuracy = (table["true_label"] == table["predicted_label"]).mean()
+        lines = [
+            f"[{projection}] {len(table)} images ({', '.join(f'{c}: {n}' for c, n in counts.items())}) "
+            f"with {model_path} in {seconds:.1f} s; accuracy {accuracy:.3f}"
+        ]
     for path, reason in result.skipped:
         lines.append(f"[{projection}] skipped {path}: {reason}")
     return "\n".join(lines)
@@ -147,15 +172,22 @@ def main(argv=None) -> int:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
                 try:
-                    table, result, model_path, seconds = predict_projection(projection, args)
+                    predicted = predict_projection(projection, args)
                 finally:
                     for warning in caught:
                         print(f"warning: {warning.message}", file=sys.stderr)
+            if predicted is None:  # --images without this projection
+                reports.append(f"[{projection}] no image in {args.images}; skipped")
+                continue
+            table, result, model_path, seconds = predicted
             tables[projection] = table
             reports.append(summary(projection, table, result, model_path, seconds))
             skipped += len(result.skipped)
     except DatasetError as error:
         print(f"error: {error}\nNo prediction file was written.", file=sys.stderr)
+        return 2
+    if not tables:
+        print(f"error: no image of {', '.join(projections)} in {args.images}", file=sys.stderr)
         return 2
     # All projections succeeded: only now are the files written (atomically).
     try:

@@ -39,7 +39,13 @@ def test_requirements_are_exact_pins():
 
 @pytest.mark.slow
 def test_scripts_run_from_the_root_and_from_myproject():
-    scripts = ["Train_ResNet.py", "Prediction_ResNet.py", "Make_Phantoms.py", "Run_Example.py"]
+    scripts = [
+        "Train_ResNet.py",
+        "Prediction_ResNet.py",
+        "Make_Phantoms.py",
+        "Run_Example.py",
+        "Preprocess_Mammograms.py",
+    ]
     for script in scripts:
         for cwd, path in ((REPO, f"myproject/{script}"), (MYPROJECT, script)):
             result = subprocess.run(
@@ -69,6 +75,9 @@ ALLOWED_IMPORTS = {
     "explanations": FOUNDATION | {"cam"},
     "explanation_quality": FOUNDATION | {"cam"},
     "phantoms": FOUNDATION,  # synthetic data
+    "raw_phantoms": FOUNDATION | {"phantoms"},  # their raw DICOM form, for stage 0
+    "mammograms": FOUNDATION,  # stage 0: reading and normalising real mammograms
+    "label_tables": FOUNDATION,  # stage 0: the public datasets' label tables
     "baseline": FOUNDATION | {"metrics"},  # scored with the one implementation of fusion and kappa
     "__init__": set(),
 }

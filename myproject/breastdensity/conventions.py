@@ -237,3 +237,69 @@ def list_class_images(folder: str | Path, *, what: str = "split") -> list[ImageR
     if not records:
         raise DatasetError(f"{what} folder {folder} holds no image in {'/'.join(CLASSES)}")
     return records
+
+
+# ----------------------------------------------------------------------------
+# Stage 0 outputs without labels: <out>/Unlabelled/<PROJ>/<subject>_<PROJ>.png
+# ----------------------------------------------------------------------------
+
+UNLABELLED_FOLDER = "Unlabelled"
+# Stage 0's breast and pectoral masks: <out>/Masks/<image path without .png>_<kind>.png
+MASKS_FOLDER = "Masks"
+MASK_KINDS = ("breast", "pectoral")
+
+_UNLABELLED_NAME = re.compile(r"^(?P<subject>.+)_(?P<projection>CC_R|CC_L|MLO_R|MLO_L)$")
+
+
+def unlabelled_file_name(subject: str, projection: str) -> str:
+    """``<subject>_<PROJ>.png``: the name of an image without a density class."""
+    return f"{subject}_{check_projection(projection)}.png"
+
+
+def parse_unlabelled_name(file_name: str | Path) -> ImageName:
+    """``R12_CC_R.png`` -> ImageName('R12', None, 'CC_R'); labelled names are parsed too."""
+    labelled = parse_image_name(file_name)
+    if labelled.label is not None:
+        return labelled
+    match = _UNLABELLED_NAME.match(Path(file_name).stem)
+    if match is None:
+        return ImageName(subject=Path(file_name).stem, label=None, projection=None)
+    return ImageName(subject=match["subject"], label=None, projection=match["projection"])
+
+
+def stage0_mask_path(image_path: str | Path, kind: str) -> Path:
+    """``TestSet/CC_R/test/A/x_A_CC_R.png`` -> ``Masks/TestSet/CC_R/test/A/x_A_CC_R_breast.png``."""
+    if kind not in MASK_KINDS:
+        raise ValueError(f"mask kind must be one of {', '.join(MASK_KINDS)}")
+    image_path = Path(image_path)
+    return Path(MASKS_FOLDER) / image_path.parent / f"{image_path.stem}_{kind}.png"
+
+
+def list_unlabelled_images(folder: str | Path, projection: str) -> list[ImageRecord]:
+    """Images of one projection without class, from a flat folder or an ``Unlabelled/`` tree.
+
+    ``folder`` may be a stage-0 output (holding ``Unlabelled/``), the
+    ``Unlabelled/`` folder itself (holding ``<PROJ>/``), or a flat folder whose
+    file names end in ``_<PROJ>``. Records have an empty ``label``.
+
+    Raises:
+        DatasetError: the folder does not exist.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise DatasetError(f"image folder {folder} does not exist")
+    if (folder / UNLABELLED_FOLDER).is_dir():
+        folder = folder / UNLABELLED_FOLDER
+    if (folder / projection).is_dir():
+        candidates = sorted((folder / projection).iterdir())
+    else:
+        candidates = [
+            path
+            for path in sorted(folder.iterdir())
+            if parse_unlabelled_name(path.name).projection == projection
+        ]
+    return [
+        ImageRecord(path, "", parse_unlabelled_name(path.name).subject)
+        for path in candidates
+        if path.is_file() and not path.name.startswith(".") and is_image_file(path)
+    ]

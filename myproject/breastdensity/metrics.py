@@ -250,6 +250,13 @@ def group_predictions(
         if absent:
             notes[group] = f"not computed: no predictions for {', '.join(absent)}"
             continue
+        unlabelled = [p for p in members if tables[p]["true_label"].isna().any()]
+        if unlabelled:  # predicted with Prediction_ResNet.py --images
+            notes[group] = (
+                f"not computed: {', '.join(unlabelled)} predictions have images without a true "
+                "label (Prediction_ResNet.py --images); figures of merit need labels"
+            )
+            continue
         if len(members) == 1:
             # canonical row order, so that bootstrap intervals do not depend on it
             groups[group] = tables[group].sort_values(["subject", "filename"], ignore_index=True)

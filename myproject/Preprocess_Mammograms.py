@@ -1,0 +1,433 @@
+"""Stage 0: turn real mammograms (DICOM, PNG, PGM, TIFF) into the reference layout.
+
+Every image is decoded (Modality LUT, VOI, MONOCHROME1 inverted), its breast
+segmented (film labels, markers and everything else outside set to 0), cropped,
+mirrored to the reference orientation (right breasts: chest wall on the right
+edge, nipple pointing left; left breasts mirrored) and, in MLO views, the
+pectoral muscle filled with the mean breast gray (``--pectoral mean``, the
+reference's step) or kept. See ``breastdensity/mammograms.py`` for each step.
+
+With labels, the images are split by patient (stratified by class, seeded)::
+
+    OUT/TrainingSet/<PROJ>/train/<CLASS>/<subject>_<CLASS>_<PROJ>.png
+    OUT/ValidationSet/<PROJ>/validation/<CLASS>/...
+    OUT/TestSet/<PROJ>/test/<CLASS>/...
+
+without labels they go to ``OUT/Unlabelled/<PROJ>/<subject>_<PROJ>.png`` (stage 2
+predicts them with ``Prediction_ResNet.py --images OUT``). Masks of breast and
+pectoral muscle go to ``OUT/Masks/<same tree>/<name>_{breast,pectoral}.png`` and
+``OUT/manifest.csv`` has one row per image with how each decision was made.
+Nothing is written half: the output is assembled in a temporary folder beside
+``--out`` and renamed at the end; an existing non-empty ``--out`` is refused.
+
+Examples, from myproject/ (seconds)::
+
+    python Preprocess_Mammograms.py --input RealUnlabelled --out ../runs/stage0_real \\
+        --qa ../runs/stage0_real_qa.png
+    python Make_Phantoms.py --raw --out ../data/raw_phantoms --subjects 6 2 2 --seed 1
+    python Preprocess_Mammograms.py --input ../data/raw_phantoms/RawDICOM --out ../data/stage0 \\
+        --labels csv --labels-file ../data/raw_phantoms/raw_labels.csv --split 0.6 0.2 0.2
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import multiprocessing
+import os
+import re
+import shutil
+import sys
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import cv2
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from breastdensity.conventions import (
+    UNLABELLED_FOLDER,
+    DatasetError,
+    image_file_name,
+    split_dir,
+    stage0_mask_path,
+    unlabelled_file_name,
+)
+from breastdensity.files import atomic_write
+from breastdensity.label_tables import FORMATS, assign_splits, read_labels
+from breastdensity.mammograms import (
+    MammogramError,
+    OtherViewError,
+    is_candidate_image,
+    names_from_text,
+    preprocess,
+    quantise,
+    read_mammogram,
+)
+
+QA_THUMBNAIL_HEIGHT = 300  # pixels per image on the contact sheet
+QA_MAX_IMAGES = 48
+
+
+def parse_arguments(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Stage 0: real mammograms -> the reference layout (see the module docstring).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--input", required=True, type=Path, help="folder with the images")
+    parser.add_argument("--out", required=True, type=Path, help="new (or empty) output folder")
+    parser.add_argument("--labels", choices=FORMATS, help="label table format; omit: Unlabelled/")
+    parser.add_argument(
+        "--labels-file",
+        type=Path,
+        nargs="+",
+        help="the label table (cbis-ddsm: one or more case CSVs; embed: clinical then metadata)",
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--split",
+        type=float,
+        nargs=3,
+        metavar=("TRAIN", "VAL", "TEST"),
+        help="fractions of subjects per split (default 0.7 0.15 0.15)",
+    )
+    group.add_argument(
+        "--use-dataset-split",
+        action="store_true",
+        help="keep the dataset's own test split (vindr, cbis-ddsm); the rest -> train/val 0.8/0.2",
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the subject split")
+    parser.add_argument("--bits", type=int, choices=(8, 16), default=8, help="output bit depth")
+    parser.add_argument("--max-height", type=int, help="downscale taller outputs to this height")
+    parser.add_argument(
+        "--pectoral",
+        choices=("mean", "keep"),
+        default="mean",
+        help="MLO pectoral muscle: fill with the mean breast gray (reference) or keep",
+    )
+    parser.add_argument("--workers", type=int, default=1, help="parallel processes")
+    parser.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="list bad images and label rows in OUT/skipped.csv instead of stopping",
+    )
+    parser.add_argument("--qa", type=Path, help="write a contact sheet (contours, titles) here")
+    args = parser.parse_args(argv)
+    if args.labels is None and (args.split or args.use_dataset_split or args.labels_file):
+        parser.error("--split, --use-dataset-split and --labels-file need --labels")
+    if args.labels not in (None, "folder") and not args.labels_file:
+        parser.error(f"--labels {args.labels} needs --labels-file")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if args.max_height is not None and args.max_height < 32:
+        parser.error("--max-height must be at least 32")
+    return args
+
+
+# ----------------------------------------------------------------------------
+# Which images, with which labels
+# ----------------------------------------------------------------------------
+
+
+def _clean_subject(text: str) -> str:
+    """A subject id usable in file names, without the side/view words it may contain."""
+    tokens = [t for t in re.split(r"[^A-Za-z0-9-]+", text) if t]
+    kept = [t for t in tokens if names_from_text(t) == (None, None)]
+    return "_".join(kept)
+
+
+def _unlabelled_subject(path: Path, input_dir: Path) -> str:
+    subject = _clean_subject(path.stem)
+    if not subject:  # R-CC.png: the folder is the exam
+        subject = _clean_subject(path.parent.name if path.parent != input_dir else input_dir.name)
+    return subject or "subject"
+
+
+def _candidate_images(input_dir: Path) -> tuple[list[Path], list[Path]]:
+    images, ignored = [], []
+    for path in sorted(input_dir.rglob("*")):
+        hidden = any(part.startswith(".") for part in path.relative_to(input_dir).parts)
+        if path.is_file() and not hidden:
+            (images if is_candidate_image(path) else ignored).append(path)
+    return images, ignored
+
+
+def collect_jobs(args: argparse.Namespace) -> tuple[list[dict], list[tuple[str, str]], list[Path]]:
+    """(jobs, problems, ignored files). A job is one image with its labels and split."""
+    input_dir = args.input
+    if not input_dir.is_dir():
+        raise DatasetError(f"--input {input_dir} is not a folder")
+    images, ignored = _candidate_images(input_dir)
+    problems: list[tuple[str, str]] = []
+    jobs = []
+    if args.labels is None:
+        for path in images:
+            # the subject: the DICOM's PatientID when there is one (read in the worker)
+            jobs.append({"source": path, "subject": None, "density": None, "split": None,
+                         "fallback_subject": _unlabelled_subject(path, input_dir), "hints": {}})  # fmt: skip
+    else:
+        table = read_labels(args.labels, input_dir, args.labels_file)
+        for reason, count in table.skipped.items():
+            print(f"labels: {count} row(s) skipped: {reason}")
+        problems += [(name, "label row without an image") for name in table.missing_images]
+        if args.labels not in ("folder", "cbis-ddsm"):
+            listed = {Path(f).resolve() for f in table.rows["file"]}
+            problems += [
+                (str(path), "image without a label row")
+                for path in images
+                if path.resolve() not in listed
+            ]
+        rows = table.rows
+        if rows.empty:
+            raise DatasetError(
+                f"no labelled image found under {input_dir} for --labels {args.labels}"
+            )
+        fractions = tuple(args.split) if args.split else (0.7, 0.15, 0.15)
+        if args.use_dataset_split:
+            fractions = (0.8, 0.2, 0.0)
+        rows = rows.assign(split=assign_splits(rows, fractions, args.seed, args.use_dataset_split))
+        for row in rows.itertuples(index=False):
+            hints = {"laterality": row.laterality, "view": row.view, "source": "label table"}
+            jobs.append({"source": Path(row.file), "subject": _clean_subject(str(row.subject)),
+                         "density": row.density, "split": row.split, "hints": hints})  # fmt: skip
+    # Duplicate images: the same bytes under two names. Only files of equal
+    # size can be equal, so only those are hashed.
+    sizes = Counter(job["source"].stat().st_size for job in jobs)
+    seen: dict[str, Path] = {}
+    unique = []
+    for job in jobs:
+        if sizes[job["source"].stat().st_size] > 1:
+            digest = hashlib.sha1(job["source"].read_bytes()).hexdigest()
+            if digest in seen:
+                problems.append((str(job["source"]), f"duplicate of {seen[digest]}"))
+                continue
+            seen[digest] = job["source"]
+        unique.append(job)
+    return unique, problems, ignored
+
+
+# ----------------------------------------------------------------------------
+# One image (runs in the worker processes)
+# ----------------------------------------------------------------------------
+
+
+def _png(array: np.ndarray, mask: bool = False) -> bytes:
+    # Speed: zlib level 1 with the RLE strategy is about 1.5x faster than the
+    # default and smaller on mammograms (long runs of background 0); masks as
+    # 1-bit PNGs (read back as 0/255), 5x faster still.
+    if mask:
+        parameters = [cv2.IMWRITE_PNG_BILEVEL, 1]
+    else:
+        parameters = [cv2.IMWRITE_PNG_COMPRESSION, 1,
+                      cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]  # fmt: skip
+    ok, buffer = cv2.imencode(".png", array, parameters)
+    if not ok:
+        raise RuntimeError("PNG encoding failed")
+    return buffer.tobytes()
+
+
+def process_job(task: tuple[dict, dict]) -> dict:
+    """Read, preprocess and encode one image; errors are returned, not raised."""
+    job, settings = task
+    try:
+        mammogram = read_mammogram(job["source"], job["hints"])
+        result = preprocess(mammogram, settings["pectoral"], settings["max_height"])
+    except OtherViewError as error:  # listed and skipped, whatever --skip-bad says
+        return {"job": job, "error": str(error), "other_view": True}
+    except MammogramError as error:
+        return {"job": job, "error": str(error)}
+    projection = result.projection
+    subject = job["subject"] or _clean_subject(mammogram.patient_id) or job["fallback_subject"]
+    if job["density"] is not None:
+        folder = split_dir(".", job["split"], projection) / job["density"]
+        relative = folder / image_file_name(subject, job["density"], projection)
+    else:
+        relative = Path(UNLABELLED_FOLDER) / projection / unlabelled_file_name(subject, projection)
+    files = {
+        relative: _png(quantise(result.image, settings["bits"])),
+        stage0_mask_path(relative, "breast"): _png(result.breast_mask.astype(np.uint8) * 255, True),
+        stage0_mask_path(relative, "pectoral"): _png(
+            result.pectoral_mask.astype(np.uint8) * 255, True
+        ),
+    }
+    row = {
+        "file": relative.as_posix(),
+        "breast_mask": stage0_mask_path(relative, "breast").as_posix(),
+        "pectoral_mask": stage0_mask_path(relative, "pectoral").as_posix(),
+        "source": str(job["source"]),
+        "subject": subject,
+        "projection": projection,
+        "class": job["density"] or "",
+        "split": job["split"] or "",
+        **result.decisions,
+    }
+    thumbnail = None
+    if settings["qa"]:
+        factor = min(1.0, QA_THUMBNAIL_HEIGHT / result.image.shape[0])
+        size = (
+            max(1, round(result.image.shape[1] * factor)),
+            max(1, round(result.image.shape[0] * factor)),
+        )
+        thumbnail = tuple(
+            cv2.resize(array.astype(np.float32), size, interpolation=cv2.INTER_AREA)
+            for array in (result.image, result.breast_mask, result.pectoral_mask)
+        )
+    return {"job": job, "row": row, "files": files, "thumbnail": thumbnail}
+
+
+# ----------------------------------------------------------------------------
+# QA contact sheet
+# ----------------------------------------------------------------------------
+
+
+def plot_contact_sheet(items: list[tuple[dict, tuple]], path: Path) -> Path:
+    """Stage-0 outputs with the breast contour (green) and pectoral line (red), titled."""
+    items = items[:QA_MAX_IMAGES]
+    columns = min(4, len(items))
+    rows = int(np.ceil(len(items) / columns))
+    figure, axes = plt.subplots(rows, columns, figsize=(3.0 * columns, 4.3 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    shown = None
+    for axis, (row, (image, breast, pectoral)) in zip(axes.flat, items, strict=False):
+        shown = axis.imshow(image * 255, cmap="gray", vmin=0, vmax=255)
+        axis.contour(breast, levels=[0.5], colors="lime", linewidths=0.8)
+        if pectoral.max() > 0.5:
+            axis.contour(pectoral, levels=[0.5], colors="red", linewidths=0.8)
+        label = f" {row['class']}" if row["class"] else ""
+        axis.set_title(
+            f"{Path(row['source']).name}\n{row['projection']}{label}, "
+            f"{'mirrored' if row['mirrored'] else 'as stored'}\n"
+            f"side from {row['laterality_source']}\nview from {row['view_source']}",
+            fontsize=7,
+        )
+    figure.suptitle(
+        "Stage 0 QA: green = breast contour, red = pectoral muscle (filled or kept)", fontsize=9
+    )
+    figure.tight_layout(rect=(0, 0, 0.9, 1))
+    colorbar = figure.colorbar(shown, cax=figure.add_axes((0.92, 0.3, 0.015, 0.4)))
+    colorbar.set_label("output gray level (8-bit scale)", fontsize=8)
+    atomic_write(path, lambda target: figure.savefig(target, dpi=90))
+    plt.close(figure)
+    return path
+
+
+# ----------------------------------------------------------------------------
+# The run
+# ----------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace) -> dict:
+    """Do stage 0 for ``args``; returns counts. Raises DatasetError on any problem
+    (without --skip-bad), leaving ``--out`` untouched."""
+    out = args.out
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise DatasetError(f"--out {out} already exists and is not empty; choose a new folder")
+    jobs, problems, ignored = collect_jobs(args)
+    if problems and not args.skip_bad:
+        listing = "\n  ".join(f"{name}: {reason}" for name, reason in problems[:20])
+        raise DatasetError(
+            f"{len(problems)} problem(s) with the input:\n  {listing}\n"
+            "Fix them, or pass --skip-bad to leave these out (listed in OUT/skipped.csv)."
+        )
+    if not jobs:
+        raise DatasetError(f"no image to preprocess under {args.input}")
+    settings = {"pectoral": args.pectoral, "max_height": args.max_height, "bits": args.bits,
+                "qa": args.qa is not None}  # fmt: skip
+    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging.mkdir()
+    rows, skipped, thumbnails, written = [], list(problems), [], {}
+    # Workers come from a fresh server process ("forkserver"): forking this one,
+    # whose OpenCV thread pool may be running, can deadlock. One OpenCV thread
+    # per worker: the processes are the parallelism.
+    executor = None
+    if args.workers > 1:
+        context = multiprocessing.get_context("forkserver")
+        # The server imports this script and its libraries once; workers fork
+        # from it. Python 3.11's forkserver ignores sys.path, so it is told
+        # where this script lives through PYTHONPATH (else every worker of
+        # every run imports pandas, pydicom, OpenCV ... again: seconds).
+        here = str(Path(__file__).resolve().parent)
+        paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+        if here not in paths:
+            os.environ["PYTHONPATH"] = os.pathsep.join([here, *paths])
+        context.set_forkserver_preload([__name__, "breastdensity.mammograms"])
+        executor = ProcessPoolExecutor(
+            args.workers,
+            mp_context=context,
+            initializer=cv2.setNumThreads,
+            initargs=(1,),
+        )
+    try:
+        tasks = [(job, settings) for job in jobs]
+        results = executor.map(process_job, tasks) if executor else map(process_job, tasks)
+        for result in results:
+            source = str(result["job"]["source"])
+            if "error" in result:
+                if not args.skip_bad and not result.get("other_view"):
+                    raise DatasetError(f"{result['error']}\nNothing was written to {out}.")
+                skipped.append((source, result["error"]))
+                continue
+            name = result["row"]["file"]
+            if name in written:
+                reason = f"same subject and projection as {written[name]} (duplicate output {name})"
+                if not args.skip_bad:
+                    raise DatasetError(f"{source}: {reason}\nNothing was written to {out}.")
+                skipped.append((source, reason))
+                continue
+            written[name] = source
+            for relative, data in result["files"].items():
+                target = staging / relative
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_bytes(data)
+            rows.append(result["row"])
+            if result["thumbnail"] is not None:
+                thumbnails.append((result["row"], result["thumbnail"]))
+        if not rows:
+            raise DatasetError(f"no image of {args.input} could be preprocessed")
+        if skipped:
+            pd.DataFrame(skipped, columns=["source", "reason"]).to_csv(
+                staging / "skipped.csv", index=False
+            )
+        pd.DataFrame(rows).to_csv(staging / "manifest.csv", index=False)  # last: marks complete
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        staging.rename(out)
+    finally:
+        if executor is not None:
+            executor.shutdown(cancel_futures=True)
+        if staging.exists():
+            shutil.rmtree(staging)
+    if args.qa:
+        plot_contact_sheet(thumbnails, args.qa)
+    return {"images": len(rows), "skipped": skipped, "ignored": ignored}
+
+
+def main(argv=None) -> int:
+    args = parse_arguments(argv)
+    started = time.perf_counter()
+    try:
+        summary = run(args)
+    except DatasetError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    seconds = time.perf_counter() - started
+    if summary["ignored"]:
+        names = ", ".join(p.name for p in summary["ignored"][:5])
+        print(f"ignored {len(summary['ignored'])} non-image file(s): {names}")
+    for source, reason in summary["skipped"]:
+        print(f"skipped {source}: {reason}")
+    print(
+        f"{summary['images']} image(s) in {seconds:.1f} s -> {args.out}/ (manifest.csv"
+        + (f", QA sheet {args.qa}" if args.qa else "")
+        + ")"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

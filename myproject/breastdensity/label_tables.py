@@ -1,0 +1,378 @@
+"""Density labels of public mammography datasets, read into one table, and patient-level splits.
+
+Every reader returns a :class:`LabelTable`: one row per image with the columns
+
+    file (absolute path) | subject | laterality (L/R) | view (CC/MLO/...) | density (A-D)
+    | dataset_split ("train", "test" or "")
+
+plus the label rows whose image was not found and counts of rows skipped on
+purpose (no density, a view other than CC/MLO, a male patient ...). The
+formats, with their exact column names:
+
+* ``folder``: an existing ``<PROJ>/<CLASS>/`` (or ``<PROJ>/<split>/<CLASS>/``) tree.
+* ``csv``: ``file, subject, laterality, view, density`` (file relative to the input).
+* ``vindr`` (VinDr-Mammo ``breast-level_annotations.csv``): ``study_id, series_id,
+  image_id, laterality, view_position, breast_density ("DENSITY A"..), split
+  ("training"/"test")``; images ``images/<study_id>/<image_id>.dicom``.
+* ``cbis-ddsm`` (case-description CSVs, one row per abnormality): ``patient_id,
+  breast_density`` (mass) or ``breast density`` (calc) 1-4, ``left or right breast``,
+  ``image view``; images are matched by their PatientID tag
+  ``(Mass|Calc)-(Training|Test)_P_NNNNN_(LEFT|RIGHT)_(CC|MLO)``.
+* ``rsna`` (``train.csv``): ``patient_id, image_id, laterality, view, density``;
+  images ``train_images/<patient_id>/<image_id>.dcm``.
+* ``embed``: clinical ``empi_anon, acc_anon, tissueden (1-4, 5 = male), side
+  (L/R/B)`` joined on ``acc_anon`` and side with the metadata ``acc_anon,
+  anon_dicom_path, ImageLaterality, ViewPosition, FinalImageType`` (2D only).
+* ``inbreast`` (``INbreast.csv``, or ``.xls`` with xlrd): ``File Name, Laterality,
+  View (CC/ML), ACR (1-4)``; images ``<File Name>_*.dcm``; footer rows ignored.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+
+from .conventions import CLASSES, PROJECTIONS, DatasetError, parse_image_name
+
+FORMATS = ("folder", "csv", "vindr", "cbis-ddsm", "rsna", "embed", "inbreast")
+COLUMNS = ["file", "subject", "laterality", "view", "density", "dataset_split"]
+SPLITS = ("train", "validation", "test")
+_NUMERIC_DENSITY = {1: "A", 2: "B", 3: "C", 4: "D"}
+_CBIS_ID = re.compile(r"^(Mass|Calc)-(Training|Test)_(P_\d{5})_(LEFT|RIGHT)_(CC|MLO)$")
+
+
+@dataclass
+class LabelTable:
+    rows: pd.DataFrame  # COLUMNS
+    missing_images: list[str] = field(default_factory=list)  # label rows without an image
+    skipped: Counter = field(default_factory=Counter)  # reason -> rows skipped on purpose
+
+
+def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
+    if not path.is_file():
+        raise DatasetError(f"label file {path} does not exist")
+    try:
+        return pd.read_csv(path, **kwargs)
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
+        raise DatasetError(f"{path}: cannot read it as CSV ({error})") from error
+
+
+def _require(table: pd.DataFrame, columns: list[str], path: Path, what: str) -> None:
+    missing = [column for column in columns if column not in table.columns]
+    if missing:
+        raise DatasetError(
+            f"{path}: missing columns {', '.join(missing)} for --labels {what} "
+            f"(found: {', '.join(map(str, table.columns))})"
+        )
+
+
+def _density(value) -> str | None:
+    """'A'..'D', 'DENSITY B', 1..4 -> 'A'..'D'; anything else (empty, 5) -> None."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return None
+    text = str(value).strip().upper().replace("DENSITY", "").strip()
+    if text in CLASSES:
+        return text
+    try:
+        return _NUMERIC_DENSITY.get(int(float(text)))
+    except ValueError:
+        return None
+
+
+def _side(value) -> str | None:
+    text = str(value).strip().upper()
+    return {"L": "L", "LEFT": "L", "R": "R", "RIGHT": "R"}.get(text)
+
+
+def _view(value) -> str:
+    text = str(value).strip().upper()
+    return "MLO" if text in ("MLO", "ML") else text
+
+
+def _finish(records: list[dict], missing: list[str], skipped: Counter) -> LabelTable:
+    rows = pd.DataFrame(records, columns=COLUMNS)
+    return LabelTable(rows, missing, skipped)
+
+
+def _with_images(records: list[dict], skipped: Counter) -> LabelTable:
+    """Split records into those whose file exists and the missing ones."""
+    kept, missing = [], []
+    for record in records:
+        (kept if Path(record["file"]).is_file() else missing).append(record)
+    return _finish(kept, [str(r["file"]) for r in missing], skipped)
+
+
+def read_folder(input_dir: Path) -> LabelTable:
+    records = []
+    for projection in PROJECTIONS:
+        for label in CLASSES:
+            # <PROJ>/<CLASS>/ or the reference's <PROJ>/<split>/<CLASS>/ (TestSet/CC_R/test/A)
+            paths = [*(input_dir / projection / label).glob("*"),
+                     *(input_dir / projection).glob(f"*/{label}/*")]  # fmt: skip
+            for path in sorted(paths):
+                if path.is_file() and not path.name.startswith("."):
+                    view, side = projection.split("_")
+                    records.append({"file": str(path), "subject": parse_image_name(path).subject,
+                                    "laterality": side, "view": view, "density": label,
+                                    "dataset_split": ""})  # fmt: skip
+    if not records:
+        raise DatasetError(
+            f"{input_dir}: no image in <PROJ>/<CLASS>/ folders ({', '.join(PROJECTIONS)} / "
+            f"{'/'.join(CLASSES)}) for --labels folder"
+        )
+    return _finish(records, [], Counter())
+
+
+def read_csv_labels(input_dir: Path, path: Path) -> LabelTable:
+    table = _read_csv(path, dtype=str)
+    _require(table, ["file", "subject", "laterality", "view", "density"], path, "csv")
+    records, skipped = [], Counter()
+    for row in table.itertuples(index=False):
+        density = _density(row.density)
+        if density is None:
+            skipped["no density A-D"] += 1
+            continue
+        records.append({"file": str(input_dir / row.file), "subject": str(row.subject),
+                        "laterality": _side(row.laterality), "view": _view(row.view),
+                        "density": density, "dataset_split": ""})  # fmt: skip
+    return _with_images(records, skipped)
+
+
+def read_vindr(input_dir: Path, path: Path) -> LabelTable:
+    table = _read_csv(path, dtype=str)
+    columns = ["study_id", "series_id", "image_id", "laterality", "view_position",
+               "breast_density", "split"]  # fmt: skip
+    _require(table, columns, path, "vindr")
+    records, skipped = [], Counter()
+    for row in table.itertuples(index=False):
+        density = _density(row.breast_density)
+        if density is None:
+            skipped["no density A-D"] += 1
+            continue
+        records.append({
+            "file": str(input_dir / "images" / row.study_id / f"{row.image_id}.dicom"),
+            "subject": row.study_id, "laterality": _side(row.laterality),
+            "view": _view(row.view_position), "density": density,
+            "dataset_split": "test" if str(row.split).strip().lower() == "test" else "train",
+        })  # fmt: skip
+    return _with_images(records, skipped)
+
+
+def read_rsna(input_dir: Path, path: Path) -> LabelTable:
+    table = _read_csv(path, dtype=str)
+    _require(table, ["patient_id", "image_id", "laterality", "view", "density"], path, "rsna")
+    records, skipped = [], Counter()
+    for row in table.itertuples(index=False):
+        density = _density(row.density)
+        if density is None:
+            skipped["no density (empty)"] += 1
+            continue
+        if _view(row.view) not in ("CC", "MLO"):
+            skipped[f"view {row.view} (not CC/MLO)"] += 1
+            continue
+        records.append({
+            "file": str(input_dir / "train_images" / row.patient_id / f"{row.image_id}.dcm"),
+            "subject": row.patient_id, "laterality": _side(row.laterality),
+            "view": _view(row.view), "density": density, "dataset_split": "",
+        })  # fmt: skip
+    return _with_images(records, skipped)
+
+
+def read_cbis_ddsm(input_dir: Path, paths: list[Path]) -> LabelTable:
+    """Case-description CSVs (mass and/or calc), images matched by PatientID."""
+    labels: dict[tuple[str, str, str], str] = {}
+    skipped = Counter()
+    for path in paths:
+        table = _read_csv(path, dtype=str)
+        density_column = "breast_density" if "breast_density" in table.columns else "breast density"
+        _require(table, ["patient_id", density_column, "left or right breast", "image view"],
+                 path, "cbis-ddsm")  # fmt: skip
+        for values in table.to_dict("records"):
+            density = _density(values[density_column])
+            key = (str(values["patient_id"]).strip(), str(values["left or right breast"]).strip().upper(),
+                   _view(values["image view"]))  # fmt: skip
+            if density is None:
+                skipped["no density 1-4"] += 1
+            elif key in labels:
+                skipped["further abnormality of the same image"] += 1
+            else:
+                labels[key] = density
+    records, matched = [], set()
+    for file in sorted(p for p in input_dir.rglob("*.dcm")):
+        try:
+            patient_id = str(pydicom.dcmread(file, stop_before_pixels=True).get("PatientID", ""))
+        except Exception:  # noqa: BLE001 - reported later when the image is read
+            patient_id = ""
+        match = _CBIS_ID.match(patient_id)
+        if match is None:
+            continue  # ROI masks and crops have a suffix (_1, _2): not full mammograms
+        collection, part, patient, side, view = match.groups()
+        key = (patient, side, view)
+        if key not in labels:
+            skipped["image without a label row"] += 1
+            continue
+        if key in matched:  # the same image downloaded with the mass and the calc collection
+            skipped["same image in another collection"] += 1
+            continue
+        matched.add(key)
+        records.append({"file": str(file), "subject": patient, "laterality": side[0],
+                        "view": view, "density": labels[key],
+                        "dataset_split": "test" if part == "Test" else "train"})  # fmt: skip
+    missing = [f"{p} {s} {v}" for (p, s, v) in labels if (p, s, v) not in matched]
+    return _finish(records, missing, skipped)
+
+
+def read_embed(input_dir: Path, clinical_path: Path, metadata_path: Path) -> LabelTable:
+    clinical = _read_csv(clinical_path, dtype=str)
+    _require(clinical, ["empi_anon", "acc_anon", "tissueden", "side"], clinical_path, "embed")
+    metadata = _read_csv(metadata_path, dtype=str)
+    _require(metadata, ["acc_anon", "anon_dicom_path", "ImageLaterality", "ViewPosition",
+                        "FinalImageType"], metadata_path, "embed")  # fmt: skip
+    skipped = Counter()
+    is_2d = metadata["FinalImageType"].str.upper().str.strip() == "2D"
+    skipped["not a 2D image"] += int((~is_2d).sum())
+    metadata = metadata[is_2d]
+    records = []
+    for row in clinical.drop_duplicates(["acc_anon", "side"]).itertuples(index=False):
+        if str(row.tissueden).strip() == "5":
+            skipped["male patient (tissueden 5)"] += 1
+            continue
+        density = _density(row.tissueden)
+        if density is None:
+            skipped["no density 1-4"] += 1
+            continue
+        images = metadata[metadata["acc_anon"] == row.acc_anon]
+        side = str(row.side).strip().upper()
+        if side != "B":
+            images = images[images["ImageLaterality"].str.upper().str.strip() == side]
+        for image in images.itertuples(index=False):
+            relative = str(image.anon_dicom_path)
+            relative = relative.split("anon_dicom/", 1)[-1].lstrip("/")
+            records.append({"file": str(input_dir / relative), "subject": row.empi_anon,
+                            "laterality": _side(image.ImageLaterality),
+                            "view": _view(image.ViewPosition), "density": density,
+                            "dataset_split": ""})  # fmt: skip
+    return _with_images(records, skipped)
+
+
+def read_inbreast(input_dir: Path, path: Path) -> LabelTable:
+    if path.suffix.lower() == ".xls":
+        try:
+            table = pd.read_excel(path, dtype=str)
+        except ImportError as error:
+            raise DatasetError(
+                f"{path}: reading .xls needs xlrd (pip install xlrd), or save it as CSV"
+            ) from error
+    else:
+        table = _read_csv(path, dtype=str, sep=None, engine="python")  # INbreast.csv uses ';'
+    table.columns = [str(c).strip() for c in table.columns]
+    _require(table, ["File Name", "Laterality", "View", "ACR"], path, "inbreast")
+    files = {p.name.split("_")[0]: p for p in input_dir.rglob("*.dcm")}
+    records, missing, skipped = [], [], Counter()
+    for values in table.to_dict("records"):
+        name = str(values["File Name"]).strip().split(".")[0]
+        if not name.isdigit():
+            continue  # footer rows (totals, notes)
+        density = _density(values["ACR"])
+        if density is None:
+            skipped["no ACR 1-4"] += 1
+            continue
+        file = files.get(name)
+        if file is None:
+            missing.append(f"{name}_*.dcm")
+            continue
+        parts = file.stem.split("_")
+        subject = parts[1] if len(parts) > 1 else name
+        records.append({"file": str(file), "subject": subject,
+                        "laterality": _side(values["Laterality"]), "view": _view(values["View"]),
+                        "density": density, "dataset_split": ""})  # fmt: skip
+    return _finish(records, missing, skipped)
+
+
+def read_labels(kind: str, input_dir: str | Path, label_files: list[Path] | None) -> LabelTable:
+    """Read the labels of ``kind`` (one of FORMATS) for the images under ``input_dir``."""
+    input_dir = Path(input_dir)
+    label_files = [Path(p) for p in (label_files or [])]
+    needed = {"folder": 0, "embed": 2}.get(kind, 1)
+    if kind == "cbis-ddsm" and label_files:
+        needed = len(label_files)
+    if len(label_files) != needed:
+        raise DatasetError(
+            f"--labels {kind} needs {needed} --labels-file "
+            + ("(clinical table, then metadata table)" if kind == "embed" else "")
+        )
+    if kind == "folder":
+        return read_folder(input_dir)
+    if kind == "csv":
+        return read_csv_labels(input_dir, label_files[0])
+    if kind == "vindr":
+        return read_vindr(input_dir, label_files[0])
+    if kind == "cbis-ddsm":
+        return read_cbis_ddsm(input_dir, label_files)
+    if kind == "rsna":
+        return read_rsna(input_dir, label_files[0])
+    if kind == "embed":
+        return read_embed(input_dir, label_files[0], label_files[1])
+    if kind == "inbreast":
+        return read_inbreast(input_dir, label_files[0])
+    raise ValueError(f"unknown label format {kind!r}; expected one of {', '.join(FORMATS)}")
+
+
+# ----------------------------------------------------------------------------
+# Patient-level splits
+# ----------------------------------------------------------------------------
+
+
+def _allocate(count: int, fractions: tuple[float, ...]) -> list[int]:
+    """Largest-remainder split of ``count`` items by ``fractions``."""
+    raw = [count * f for f in fractions]
+    sizes = [int(np.floor(r)) for r in raw]
+    for index in sorted(range(len(raw)), key=lambda i: -(raw[i] - sizes[i]))[: count - sum(sizes)]:
+        sizes[index] += 1
+    return sizes
+
+
+def assign_splits(
+    rows: pd.DataFrame,
+    fractions: tuple[float, float, float],
+    seed: int,
+    use_dataset_split: bool = False,
+) -> pd.Series:
+    """Split name per row: all images of a subject in one split, stratified by class, seeded.
+
+    A subject's class for stratification is its densest label (density can
+    differ between breasts). With ``use_dataset_split`` the subjects of the
+    dataset's own test split stay in test, and the others are divided between
+    train and validation in the ratio of the first two fractions.
+    """
+    if len(fractions) != 3 or min(fractions) < 0 or not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"--split needs three fractions >= 0 that sum to 1, got {fractions}")
+    subjects = rows.groupby("subject")["density"].max()
+    assignment: dict[str, str] = {}
+    pool = subjects
+    if use_dataset_split:
+        dataset_test = set(rows.loc[rows["dataset_split"] == "test", "subject"])
+        if not dataset_test:
+            raise DatasetError(
+                "--use-dataset-split: this label table has no test split of its own "
+                "(only vindr and cbis-ddsm have one); use --split instead"
+            )
+        assignment.update({subject: "test" for subject in dataset_test})
+        pool = subjects[~subjects.index.isin(dataset_test)]
+        total = fractions[0] + fractions[1]
+        fractions = (fractions[0] / total, fractions[1] / total, 0.0) if total else (1.0, 0.0, 0.0)
+    rng = np.random.default_rng(seed)
+    for label in CLASSES:
+        members = sorted(pool.index[pool == label])
+        members = [members[i] for i in rng.permutation(len(members))]
+        start = 0
+        for split, size in zip(SPLITS, _allocate(len(members), fractions), strict=True):
+            assignment.update({subject: split for subject in members[start : start + size]})
+            start += size
+    return rows["subject"].map(assignment)

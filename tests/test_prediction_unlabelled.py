@@ -1,0 +1,84 @@
+"""Stage 2 on images without labels (Prediction_ResNet.py --images), and stage 3 skipping them."""
+
+import shutil
+
+import keras
+import numpy as np
+import pandas as pd
+import Prediction_ResNet
+import Preprocess_Mammograms
+import pytest
+from conftest import MYPROJECT
+
+from breastdensity.conventions import PROJECTIONS, list_unlabelled_images
+from breastdensity.metrics import group_predictions, metrics_table
+from breastdensity.network import build_resnet
+from breastdensity.predictions import read_predictions
+
+
+@pytest.fixture(scope="module")
+def unlabelled(tmp_path_factory):
+    """Stage 0 on the four real PNGs (small), and an untrained 64 px model per projection."""
+    root = tmp_path_factory.mktemp("unlabelled")
+    assert Preprocess_Mammograms.main([
+        "--input", str(MYPROJECT / "RealUnlabelled"), "--out", str(root / "stage0"),
+        "--max-height", "160",
+    ]) == 0  # fmt: skip
+    keras.utils.set_random_seed(0)
+    model = build_resnet(64)
+    for projection in PROJECTIONS:
+        (root / "models" / f"{projection}_model").mkdir(parents=True)
+        model.save(root / "models" / f"{projection}_model" / "final_weights.keras")
+    return root
+
+
+def predict(unlabelled, images, output, projection="all"):
+    return Prediction_ResNet.main([
+        "--projection", projection, "--models-root", str(unlabelled / "models"),
+        "--images", str(images), "--output-dir", str(output),
+    ])  # fmt: skip
+
+
+@pytest.mark.slow
+def test_stage0_output_is_predicted_without_labels(unlabelled, tmp_path, capsys):
+    output = tmp_path / "Prediction"
+    assert predict(unlabelled, unlabelled / "stage0", output) == 0
+    printed = capsys.readouterr().out
+    assert printed.count("no true labels: accuracy not computed") == 4
+    tables = {}
+    for projection in PROJECTIONS:
+        table = read_predictions(output, projection)
+        assert len(table) == 1 and table["true_label"].isna().all()
+        assert table["subject"].tolist() == ["RealUnlabelled"]
+        np.testing.assert_allclose(table[list("ABCD")].sum(axis=1), 1.0, atol=1e-5)
+        tables[projection] = table
+    # stage 3: every group needs labels, so none is computed and the notes say why
+    groups, notes = group_predictions(tables)
+    assert groups == {}
+    assert all("without a true label" in notes[group] for group in ("CC_R", "right", "total"))
+    assert metrics_table(groups)["accuracy"].isna().all()
+
+
+@pytest.mark.slow
+def test_flat_folder_with_some_projections(unlabelled, tmp_path, capsys):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for projection in ("CC_R", "MLO_L"):
+        for record in list_unlabelled_images(unlabelled / "stage0", projection):
+            shutil.copy(record.path, flat / record.path.name)
+    (flat / "notes.txt").write_text("not an image")
+    output = tmp_path / "Prediction"
+    assert predict(unlabelled, flat, output) == 0
+    printed = capsys.readouterr().out
+    assert "[CC_L] no image in" in printed and "[MLO_R] no image in" in printed
+    assert sorted(p.name for p in output.iterdir()) == [
+        "predictions_ccr.csv", "predictions_ccr.txt", "predictions_mlol.csv", "predictions_mlol.txt",
+    ]  # fmt: skip
+    table = pd.read_csv(output / "predictions_ccr.csv", keep_default_na=False)
+    assert table["true_label"].tolist() == [""] and table["filename"].tolist() == [
+        "RealUnlabelled_CC_R.png"
+    ]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert predict(unlabelled, empty, tmp_path / "none") == 2
+    assert "no image of" in capsys.readouterr().err
