@@ -6,7 +6,7 @@ on a 2-core CPU:
 
 1. stage 2, ``Prediction_ResNet.py --projection all`` -> ``Prediction/predictions_*.txt|csv``
 2. stage 3, ``Figure_merit.ipynb`` -> ``Prediction/metrics.csv``, ``Prediction/CONFUSION_MATRICES/``
-3. stage 4, ``ClassActivationMaps.ipynb`` for every projection -> ``MAPS/<PROJ>/<CLASS>/``
+3. stage 4, ``ClassActivationMaps.ipynb``, all projections in one run -> ``MAPS/<PROJ>/<CLASS>/``
 
 Executed copies of the notebooks go to ``executed/`` (ignored by git); the
 tracked notebooks stay without outputs. Any failing stage stops the job with a
@@ -105,19 +105,17 @@ def main(argv=None) -> int:
 
         banner("Stage 4: ClassActivationMaps.ipynb")
         clock = time.perf_counter()
-        for projection in args.projections:
-            print(f"{projection} ...", flush=True)
-            run_notebook(
-                "ClassActivationMaps.ipynb",
-                args.executed_dir / f"ClassActivationMaps_{projection}.ipynb",
-                {
-                    "model_path": None,
-                    "images_dir": str(args.test_root / projection / "test"),
-                    "maps_dir": str(args.maps_dir),
-                    "projection": projection,
-                    "compare_max_images": args.compare_max_images,
-                },
-            )
+        run_notebook(
+            "ClassActivationMaps.ipynb",
+            args.executed_dir / "ClassActivationMaps.ipynb",
+            {
+                "models_root": str(args.models_root),
+                "test_root": str(args.test_root),
+                "projections": list(args.projections),
+                "output_dir": str(args.maps_dir),
+                "compare_max_images": args.compare_max_images,
+            },
+        )
         timings["stage 4 (class activation maps)"] = time.perf_counter() - clock
     except subprocess.CalledProcessError as error:
         print(

@@ -64,3 +64,17 @@ def known_head_network(size: int, seed: int = 3):
     bias[0] = 10.0
     head.set_weights([kernel, bias])
     return model
+
+
+def execute_notebook(name: str, output: Path, **parameters) -> None:
+    """Run a notebook of myproject/ headless with papermill parameters, as a user would."""
+    import papermill
+
+    papermill.execute_notebook(
+        str(MYPROJECT / name),
+        str(output),
+        parameters=parameters,
+        cwd=str(MYPROJECT),
+        kernel_name="python3",
+        progress_bar=False,
+    )

@@ -11,7 +11,9 @@ from breastdensity.cam import (
     GradCam,
     active_region,
     cam_file_names,
+    class_maps_on_one_scale,
     draw_contours,
+    normalize_maps,
     overlay,
     to_image_size,
     viewable,
@@ -64,6 +66,17 @@ def test_an_empty_map_is_flagged_and_all_zero_not_nan(model, rng):
     result = GradCam(model)(quadrant_images(rng, [0, 1]), [1, 1])  # class 1: zero weights
     assert not result.valid.any()
     assert np.isfinite(result.maps).all() and result.maps.max() == 0.0
+
+
+def test_class_maps_share_one_scale(model, rng):
+    image = quadrant_images(rng, [2])
+    maps = class_maps_on_one_scale(GradCam(model), image)
+    assert maps.shape == (4, 96, 96) and maps.min() >= 0
+    assert maps.max() == pytest.approx(1.0)
+    assert maps[1].max() == 0.0  # class 1 has zero weights: nothing argues for it
+    # the same map as GradCam's own, only scaled differently (GradCam: min-max of each map)
+    separate = GradCam(model)(image, [0]).maps[0]
+    np.testing.assert_allclose(normalize_maps(maps[:1])[0], separate, atol=1e-3)
 
 
 def test_cam_file_names_follow_the_reference():

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import papermill
 import pytest
-from conftest import MYPROJECT, known_head_network
+from conftest import MYPROJECT, execute_notebook, known_head_network
 
 from breastdensity.conventions import PROJECTIONS, list_class_images, projection_test_folder
 from breastdensity.explanation_quality import SCORE_COLUMNS
@@ -39,17 +39,6 @@ def test_committed_without_outputs_and_with_one_parameters_cell(path):
     assert set(notebook.metadata) <= {"kernelspec", "language_info"}  # no personal metadata
 
 
-def execute(name, output, **parameters):
-    papermill.execute_notebook(
-        str(MYPROJECT / name),
-        str(output),
-        parameters=parameters,
-        cwd=str(MYPROJECT),
-        kernel_name="python3",
-        progress_bar=False,
-    )
-
-
 @pytest.fixture(scope="module")
 def phantom_test_set(tmp_path_factory):
     root = tmp_path_factory.mktemp("nb")
@@ -76,7 +65,7 @@ def predictions(phantom_test_set, tmp_path_factory):
 
 @pytest.mark.slow
 def test_figure_merit_notebook_runs(predictions, tmp_path):
-    execute(
+    execute_notebook(
         "Figure_merit.ipynb",
         tmp_path / "executed.ipynb",
         predictions_dir=str(predictions),
@@ -105,7 +94,7 @@ def test_figure_merit_with_txt_files_only_matches_by_position(
 ):
     for txt in predictions.glob("*.txt"):
         (tmp_path / txt.name).write_bytes(txt.read_bytes())
-    execute(
+    execute_notebook(
         "Figure_merit.ipynb",
         tmp_path / "executed.ipynb",
         predictions_dir=str(tmp_path),
@@ -129,42 +118,44 @@ def test_figure_merit_stops_on_missing_subjects_unless_told(predictions, tmp_pat
     np.savetxt(tmp_path / "predictions_mlol.txt", table[["A", "B", "C", "D"]].to_numpy())
     parameters = {"predictions_dir": str(tmp_path), "output_dir": str(tmp_path), "n_bootstrap": 20}
     with pytest.raises(papermill.PapermillExecutionError, match="lacks MLO_L"):
-        execute("Figure_merit.ipynb", tmp_path / "failed.ipynb", **parameters)
-    execute("Figure_merit.ipynb", tmp_path / "executed.ipynb", **parameters, drop_incomplete=True)
+        execute_notebook("Figure_merit.ipynb", tmp_path / "failed.ipynb", **parameters)
+    execute_notebook(
+        "Figure_merit.ipynb", tmp_path / "executed.ipynb", **parameters, drop_incomplete=True
+    )
     metrics = pd.read_csv(tmp_path / "metrics.csv", index_col=0)
     assert metrics.loc["total", "n"] == 7 and metrics.loc["right", "n"] == 8
 
 
 @pytest.mark.slow
 def test_class_activation_maps_notebook_runs(phantom_test_set, tmp_path):
-    model_path = tmp_path / "tiny.keras"
-    known_head_network(64).save(model_path)  # predicts A, with a non-empty Grad-CAM
-    execute(
+    for projection in ("CC_L", "MLO_R"):  # CC_R has no model: skipped with a note
+        (tmp_path / "models" / f"{projection}_model").mkdir(parents=True)
+        # predicts A, with a non-empty Grad-CAM
+        known_head_network(64).save(
+            tmp_path / "models" / f"{projection}_model" / "final_weights.keras"
+        )
+    execute_notebook(
         "ClassActivationMaps.ipynb",
         tmp_path / "executed.ipynb",
-        model_path=str(model_path),
-        images_dir=str(phantom_test_set / "CC_L" / "test"),
-        maps_dir=str(tmp_path / "MAPS"),
-        projection="CC_L",
+        models_root=str(tmp_path / "models"),
+        test_root=str(phantom_test_set),
+        projections=["CC_L", "MLO_R", "CC_R"],
+        output_dir=str(tmp_path / "MAPS"),
         compare_max_images=1,
         smooth_samples=2,
         score_cam_max_channels=2,
     )
-    summary = pd.read_csv(tmp_path / "MAPS" / "CC_L" / "cam_summary.csv")
-    assert len(summary) == 8
-    for row in summary.itertuples():
-        folder = tmp_path / "MAPS" / "CC_L" / row.true_label
-        stem = row.file.removesuffix(".png")
-        expected = [
-            f"{row.predicted_label}_{stem}_{kind}.png"
-            for kind in ("64", "map", "overlay", "contours")
-        ]
-        if row.status == "written":
-            assert all((folder / name).is_file() for name in expected), row.file
-        else:
-            assert not any((folder / name).exists() for name in expected)
-    assert (summary.status == "written").all() and (summary.predicted_label == "A").all()
-    assert len(list((tmp_path / "MAPS").rglob("*_methods.png"))) == 1
+    assert sorted(p.name for p in (tmp_path / "MAPS").iterdir()) == ["CC_L", "MLO_R"]
+    for projection in ("CC_L", "MLO_R"):
+        summary = pd.read_csv(tmp_path / "MAPS" / projection / "cam_summary.csv")
+        assert len(summary) == 8
+        assert (summary.status == "written").all() and (summary.predicted_label == "A").all()
+        for row in summary.itertuples():
+            folder = tmp_path / "MAPS" / projection / row.true_label
+            stem = row.file.removesuffix(".png")
+            for kind in ("64", "map", "overlay", "contours"):
+                assert (folder / f"A_{stem}_{kind}.png").is_file(), (row.file, kind)
+    assert len(list((tmp_path / "MAPS").rglob("*_methods.png"))) == 2  # one per projection
 
 
 @pytest.mark.slow
@@ -173,7 +164,7 @@ def test_explainability_evaluation_notebook_runs(phantom_test_set, tmp_path):
     (tmp_path / "models" / "CC_R_model").mkdir(parents=True)
     build_resnet(64).save(tmp_path / "models" / "CC_R_model" / "final_weights.keras")
     masks = phantom_test_set.parent / "DenseMasks" / "TestSet"
-    execute(
+    execute_notebook(
         "Explainability_evaluation.ipynb",
         tmp_path / "executed.ipynb",
         models_root=str(tmp_path / "models"),

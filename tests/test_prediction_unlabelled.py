@@ -20,10 +20,19 @@ from breastdensity.predictions import read_predictions
 def unlabelled(tmp_path_factory):
     """Stage 0 on the four real PNGs (small), and an untrained 64 px model per projection."""
     root = tmp_path_factory.mktemp("unlabelled")
-    assert Preprocess_Mammograms.main([
-        "--input", str(MYPROJECT / "RealUnlabelled"), "--out", str(root / "stage0"),
-        "--max-height", "160",
-    ]) == 0  # fmt: skip
+    assert (
+        Preprocess_Mammograms.main(
+            [
+                "--input",
+                str(MYPROJECT / "RealUnlabelled"),
+                "--out",
+                str(root / "stage0"),
+                "--max-height",
+                "160",
+            ]
+        )
+        == 0
+    )
     keras.utils.set_random_seed(0)
     model = build_resnet(64)
     for projection in PROJECTIONS:
@@ -33,10 +42,18 @@ def unlabelled(tmp_path_factory):
 
 
 def predict(unlabelled, images, output, projection="all"):
-    return Prediction_ResNet.main([
-        "--projection", projection, "--models-root", str(unlabelled / "models"),
-        "--images", str(images), "--output-dir", str(output),
-    ])  # fmt: skip
+    return Prediction_ResNet.main(
+        [
+            "--projection",
+            projection,
+            "--models-root",
+            str(unlabelled / "models"),
+            "--images",
+            str(images),
+            "--output-dir",
+            str(output),
+        ]
+    )
 
 
 @pytest.mark.slow
@@ -72,8 +89,11 @@ def test_flat_folder_with_some_projections(unlabelled, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "[CC_L] no image in" in printed and "[MLO_R] no image in" in printed
     assert sorted(p.name for p in output.iterdir()) == [
-        "predictions_ccr.csv", "predictions_ccr.txt", "predictions_mlol.csv", "predictions_mlol.txt",
-    ]  # fmt: skip
+        "predictions_ccr.csv",
+        "predictions_ccr.txt",
+        "predictions_mlol.csv",
+        "predictions_mlol.txt",
+    ]
     table = pd.read_csv(output / "predictions_ccr.csv", keep_default_na=False)
     assert table["true_label"].tolist() == [""] and table["filename"].tolist() == [
         "RealUnlabelled_CC_R.png"

@@ -13,11 +13,10 @@ import keras
 import Make_Phantoms
 import numpy as np
 import pandas as pd
-import papermill
 import Prediction_ResNet
 import pytest
 import Train_ResNet
-from conftest import MYPROJECT, write_png
+from conftest import execute_notebook, write_png
 
 from breastdensity.cam import write_cam_images
 from breastdensity.conventions import PROJECTIONS, DatasetError, list_class_images
@@ -152,9 +151,15 @@ class TestOverwrite:
 
     @pytest.mark.parametrize(
         ("flag", "value"),
-        [("--label-noise", "-5"), ("--label-noise", "nan"), ("--label-noise", "inf"),
-         ("--seed", "-1"), ("--size", "40 40"), ("--workers", "0")],
-    )  # fmt: skip
+        [
+            ("--label-noise", "-5"),
+            ("--label-noise", "nan"),
+            ("--label-noise", "inf"),
+            ("--seed", "-1"),
+            ("--size", "40 40"),
+            ("--workers", "0"),
+        ],
+    )
     def test_bad_arguments_are_refused_before_any_folder(self, tmp_path, flag, value, capsys):
         arguments = ["--out", str(tmp_path / "d"), "--subjects", "1", "0", "0", "--seed", "1"]
         with pytest.raises(SystemExit) as stop:
@@ -177,10 +182,16 @@ class TestOverwrite:
 class TestDivergence:
     @pytest.mark.parametrize(
         "arguments",
-        [["--learning-rate", "0"], ["--learning-rate", "-1"], ["--learning-rate", "nan"],
-         ["--learning-rate", "inf"], ["--cardinality", "3"], ["--seed", "-1"],
-         ["--allow-changes"]],
-    )  # fmt: skip
+        [
+            ["--learning-rate", "0"],
+            ["--learning-rate", "-1"],
+            ["--learning-rate", "nan"],
+            ["--learning-rate", "inf"],
+            ["--cardinality", "3"],
+            ["--seed", "-1"],
+            ["--allow-changes"],
+        ],
+    )
     def test_bad_arguments_are_refused_before_any_folder(self, tmp_path, arguments, capsys):
         with pytest.raises(SystemExit):
             Train_ResNet.parse_arguments(train_args(tmp_path, tmp_path / "m", *arguments))
@@ -237,9 +248,14 @@ class TestDivergence:
         )
         nan_model.save(tmp_path / "nan.keras")
         status = predict(
-            tmp_path, data / "TestSet", tmp_path / "P", "--projection", "CC_R",
-            "--model", tmp_path / "nan.keras",
-        )  # fmt: skip
+            tmp_path,
+            data / "TestSet",
+            tmp_path / "P",
+            "--projection",
+            "CC_R",
+            "--model",
+            tmp_path / "nan.keras",
+        )
         assert status == 2
         error = capsys.readouterr().err
         assert "nan.keras" in error and "not finite" in error
@@ -272,8 +288,12 @@ class TestResume:
         )
         assert status == 2
         error = capsys.readouterr().err
-        for line in ("image_size: [96, 96] -> [64, 64]", "optimizer: 'sgd' -> 'adam'",
-                     "batch_size_per_replica: 4 -> 8", "--allow-changes"):  # fmt: skip
+        for line in (
+            "image_size: [96, 96] -> [64, 64]",
+            "optimizer: 'sgd' -> 'adam'",
+            "batch_size_per_replica: 4 -> 8",
+            "--allow-changes",
+        ):
             assert line in error
         assert (folder / "training_config.json").read_text() == before
         assert not list(folder.glob("*.keras"))
@@ -323,9 +343,14 @@ class TestStaleOutputs:
         right = {}
         for projection, subjects in (("CC_R", ["s1", "s2"]), ("MLO_R", ["s3", "s4"])):
             table = pd.DataFrame(
-                {"filename": [f"{s}.png" for s in subjects], "subject": subjects,
-                 "projection": projection, "true_label": "A", "predicted_label": "A"}
-            )  # fmt: skip
+                {
+                    "filename": [f"{s}.png" for s in subjects],
+                    "subject": subjects,
+                    "projection": projection,
+                    "true_label": "A",
+                    "predicted_label": "A",
+                }
+            )
             table[["A", "B", "C", "D"]] = probabilities
             right[projection] = table
         with pytest.raises(DatasetError, match="no subject has all of CC_R, MLO_R"):
@@ -340,7 +365,9 @@ class TestStaleOutputs:
         for projection in ("CC_R", "CC_L"):  # an earlier run had all four projections
             write_table(tmp_path / "P", rows, projection)
         parameters = {"predictions_dir": str(tmp_path / "P"), "output_dir": str(tmp_path / "out")}
-        execute("Figure_merit.ipynb", tmp_path / "executed.ipynb", **parameters, n_bootstrap=20)
+        execute_notebook(
+            "Figure_merit.ipynb", tmp_path / "executed.ipynb", **parameters, n_bootstrap=20
+        )
         names = sorted(p.name for p in figures.iterdir())
         assert names == ["confusionmatrix_CCL.png", "confusionmatrix_CCR.png"]
         assert all(p.stat().st_size > 1000 for p in figures.iterdir())  # the new figures
@@ -349,24 +376,21 @@ class TestStaleOutputs:
     def test_cam_notebook_replaces_the_projection_folder(self, data, models, tmp_path):
         stale = tmp_path / "MAPS" / "CC_L" / "D" / "D_gone_D_CC_L_overlay.png"
         write_png(stale, np.zeros((4, 4), np.uint8))
-        execute(
-            "ClassActivationMaps.ipynb", tmp_path / "executed.ipynb",
+        execute_notebook(
+            "ClassActivationMaps.ipynb",
+            tmp_path / "executed.ipynb",
             model_path=str(models / "set1" / "CC_R_model" / "final_weights.keras"),
-            images_dir=str(data / "TestSet" / "CC_L" / "test"), maps_dir=str(tmp_path / "MAPS"),
-            projection="CC_L", compare_max_images=0, allow_projection_mismatch=True,
-        )  # fmt: skip
+            test_root=str(data / "TestSet"),
+            projections=["CC_L"],
+            output_dir=str(tmp_path / "MAPS"),
+            compare_max_images=0,
+            allow_projection_mismatch=True,
+        )
         assert not stale.exists()
         summary = pd.read_csv(tmp_path / "MAPS" / "CC_L" / "cam_summary.csv")
         overlays = list((tmp_path / "MAPS" / "CC_L").rglob("*_overlay.png"))
         assert len(overlays) == (summary["status"] == "written").sum()
         assert not [p for p in (tmp_path / "MAPS").iterdir() if p.name.startswith(".")]
-
-
-def execute(name, output, **parameters):
-    papermill.execute_notebook(
-        str(MYPROJECT / name), str(output), parameters=parameters, cwd=str(MYPROJECT),
-        kernel_name="python3", progress_bar=False,
-    )  # fmt: skip
 
 
 # ----------------------------------------------------------------------------
@@ -453,11 +477,13 @@ class TestSmallerOnes:
 
     @pytest.mark.parametrize(
         ("bad", "message"),
-        [(("B", "A", math.nan, 0.5, 0.25, 0.25), "not finite"),
-         (("B", "A", 5, -3, 0, 0), r"outside \[0, 1\]"),
-         (("B", "A", 0.5, 0.1, 0.1, 0.1), "sum to 0.8"),
-         (("B", "B", 0.7, 0.1, 0.1, 0.1), "predicted_label B.*A")],
-    )  # fmt: skip
+        [
+            (("B", "A", math.nan, 0.5, 0.25, 0.25), "not finite"),
+            (("B", "A", 5, -3, 0, 0), r"outside \[0, 1\]"),
+            (("B", "A", 0.5, 0.1, 0.1, 0.1), "sum to 0.8"),
+            (("B", "B", 0.7, 0.1, 0.1, 0.1), "predicted_label B.*A"),
+        ],
+    )
     def test_bad_prediction_rows_name_file_and_row(self, tmp_path, bad, message):
         path = write_table(tmp_path, [self.good, self.good, bad])
         with pytest.raises(DatasetError, match=message) as error:

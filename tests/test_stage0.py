@@ -151,8 +151,12 @@ def test_real_pngs_unlabelled_come_out_in_the_reference_orientation(tmp_path):
     """The four real PNGs all face right with markers: R flipped, markers gone, names read."""
     out = tmp_path / "out"
     source = MYPROJECT / "RealUnlabelled"
-    assert Preprocess_Mammograms.main(["--input", str(source), "--out", str(out),
-                                       "--max-height", "800"]) == 0  # fmt: skip
+    assert (
+        Preprocess_Mammograms.main(
+            ["--input", str(source), "--out", str(out), "--max-height", "800"]
+        )
+        == 0
+    )
     manifest = pd.read_csv(out / "manifest.csv")
     assert sorted(manifest["projection"]) == sorted(PROJECTIONS)
     for row in manifest.itertuples():
@@ -180,8 +184,23 @@ def test_shipped_testset_goes_through_unchanged(tmp_path):
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, target)
     out = tmp_path / "out"
-    assert Preprocess_Mammograms.main(["--input", str(source), "--out", str(out), "--labels",
-                                       "folder", "--split", "0", "0", "1"]) == 0  # fmt: skip
+    assert (
+        Preprocess_Mammograms.main(
+            [
+                "--input",
+                str(source),
+                "--out",
+                str(out),
+                "--labels",
+                "folder",
+                "--split",
+                "0",
+                "0",
+                "1",
+            ]
+        )
+        == 0
+    )
     manifest = pd.read_csv(out / "manifest.csv", dtype={"subject": str})
     assert len(manifest) == 8 and (manifest["split"] == "test").all()
     assert not manifest["mirrored"].any() and not manifest["pectoral_found"].any()
@@ -197,8 +216,23 @@ def test_shipped_testset_goes_through_unchanged(tmp_path):
         assert row.file.startswith(f"TestSet/{row.projection}/test/{name.label}/")
     # and once more: a fixed point
     again = tmp_path / "again"
-    assert Preprocess_Mammograms.main(["--input", str(out / "TestSet"), "--out", str(again),
-                                       "--labels", "folder", "--split", "0", "0", "1"]) == 0  # fmt: skip
+    assert (
+        Preprocess_Mammograms.main(
+            [
+                "--input",
+                str(out / "TestSet"),
+                "--out",
+                str(again),
+                "--labels",
+                "folder",
+                "--split",
+                "0",
+                "0",
+                "1",
+            ]
+        )
+        == 0
+    )
     for row in manifest.itertuples():
         np.testing.assert_array_equal(
             cv2.imread(str(again / row.file), cv2.IMREAD_UNCHANGED),
@@ -215,8 +249,25 @@ def test_shipped_testset_goes_through_unchanged(tmp_path):
 def raw_folder(tmp_path_factory):
     """16 small raw DICOMs (4 subjects) and their labels in the csv format (Make_Phantoms.py --raw)."""
     root = tmp_path_factory.mktemp("rawset")
-    assert Make_Phantoms.main(["--raw", "--out", str(root), "--subjects", "4", "0", "0",
-                               "--size", "160", "128", "--seed", str(SEED)]) == 0  # fmt: skip
+    assert (
+        Make_Phantoms.main(
+            [
+                "--raw",
+                "--out",
+                str(root),
+                "--subjects",
+                "4",
+                "0",
+                "0",
+                "--size",
+                "160",
+                "128",
+                "--seed",
+                str(SEED),
+            ]
+        )
+        == 0
+    )
     assert len(list((root / "RawDICOM").glob("*.dcm"))) == 16
     truth = pd.read_csv(root / "raw_manifest.csv")
     assert sorted(truth["projection"].unique()) == sorted(PROJECTIONS)
@@ -224,10 +275,19 @@ def raw_folder(tmp_path_factory):
 
 
 def run_stage0(raw_folder, out, *extra):
-    return Preprocess_Mammograms.main([
-        "--input", str(raw_folder / "RawDICOM"), "--out", str(out), "--labels", "csv",
-        "--labels-file", str(raw_folder / "raw_labels.csv"), *extra,
-    ])  # fmt: skip
+    return Preprocess_Mammograms.main(
+        [
+            "--input",
+            str(raw_folder / "RawDICOM"),
+            "--out",
+            str(out),
+            "--labels",
+            "csv",
+            "--labels-file",
+            str(raw_folder / "raw_labels.csv"),
+            *extra,
+        ]
+    )
 
 
 def test_labelled_run_writes_the_reference_layout(raw_folder, tmp_path):
@@ -247,8 +307,15 @@ def test_labelled_run_writes_the_reference_layout(raw_folder, tmp_path):
         assert image.dtype == np.uint8 and image.max() > 0
         for mask in (row.breast_mask, row.pectoral_mask):
             assert cv2.imread(str(out / mask), cv2.IMREAD_GRAYSCALE).shape == image.shape
-    for column in ("laterality_source", "view_source", "voi", "inverted", "mirrored",
-                   "pectoral_found", "breast_area_px"):  # fmt: skip
+    for column in (
+        "laterality_source",
+        "view_source",
+        "voi",
+        "inverted",
+        "mirrored",
+        "pectoral_found",
+        "breast_area_px",
+    ):
         assert manifest[column].notna().all(), column
     sheet = cv2.imread(str(qa))
     assert sheet is not None and sheet.shape[0] > 300
@@ -267,8 +334,21 @@ def test_options_bits_height_pectoral_and_workers(raw_folder, tmp_path):
             cv2.imread(str(parallel / name), cv2.IMREAD_UNCHANGED),
         )
     options = tmp_path / "options"
-    assert run_stage0(raw_folder, options, "--seed", "1", "--bits", "16", "--max-height", "100",
-                      "--pectoral", "keep") == 0  # fmt: skip
+    assert (
+        run_stage0(
+            raw_folder,
+            options,
+            "--seed",
+            "1",
+            "--bits",
+            "16",
+            "--max-height",
+            "100",
+            "--pectoral",
+            "keep",
+        )
+        == 0
+    )
     second = pd.read_csv(options / "manifest.csv")
     for row_mean, row_keep in zip(first.itertuples(), second.itertuples(), strict=True):
         image = cv2.imread(str(options / row_keep.file), cv2.IMREAD_UNCHANGED)
@@ -295,10 +375,18 @@ def test_nothing_half_written_and_existing_out_refused(raw_folder, tmp_path, cap
     shutil.copytree(raw_folder / "RawDICOM", broken)
     (broken / "raw_0005.dcm").write_bytes(b"\0" * 128 + b"DICM" + b"garbage")
     target = tmp_path / "target"
-    code = Preprocess_Mammograms.main([
-        "--input", str(broken), "--out", str(target), "--labels", "csv",
-        "--labels-file", str(raw_folder / "raw_labels.csv"),
-    ])  # fmt: skip
+    code = Preprocess_Mammograms.main(
+        [
+            "--input",
+            str(broken),
+            "--out",
+            str(target),
+            "--labels",
+            "csv",
+            "--labels-file",
+            str(raw_folder / "raw_labels.csv"),
+        ]
+    )
     assert code == 2 and "raw_0005.dcm" in capsys.readouterr().err
     assert not target.exists()
     assert [p.name for p in tmp_path.iterdir() if ".partial" in p.name] == []
@@ -327,8 +415,12 @@ def _fails_naming(folder: Path, out: Path, name: str, words: str, capsys, *extra
 
 
 def _skip_lists(folder: Path, out: Path, name: str, *extra) -> None:
-    assert Preprocess_Mammograms.main(["--input", str(folder), "--out", str(out), "--skip-bad",
-                                       *extra]) == 0  # fmt: skip
+    assert (
+        Preprocess_Mammograms.main(
+            ["--input", str(folder), "--out", str(out), "--skip-bad", *extra]
+        )
+        == 0
+    )
     skipped = pd.read_csv(out / "skipped.csv")
     assert skipped["source"].str.contains(name, regex=False).any()
     assert len(pd.read_csv(out / "manifest.csv")) >= 1
@@ -450,14 +542,20 @@ def test_label_rows_without_images_and_images_without_rows(raw_folder, tmp_path,
     extra = make_raw_phantom(SEED + 1, 0, (160, 128))
     extra.dataset.save_as(folder / "unlisted.dcm", enforce_file_format=True)  # no label row
     labels = ["--labels", "csv", "--labels-file", str(raw_folder / "raw_labels.csv")]
-    assert Preprocess_Mammograms.main(["--input", str(folder), "--out", str(tmp_path / "o"),
-                                       *labels]) == 2  # fmt: skip
+    assert (
+        Preprocess_Mammograms.main(["--input", str(folder), "--out", str(tmp_path / "o"), *labels])
+        == 2
+    )
     error = capsys.readouterr().err
     assert "raw_0002.dcm: label row without an image" in error
     assert "unlisted.dcm: image without a label row" in error
     assert not (tmp_path / "o").exists()
-    assert Preprocess_Mammograms.main(["--input", str(folder), "--out", str(tmp_path / "s"),
-                                       "--skip-bad", *labels]) == 0  # fmt: skip
+    assert (
+        Preprocess_Mammograms.main(
+            ["--input", str(folder), "--out", str(tmp_path / "s"), "--skip-bad", *labels]
+        )
+        == 0
+    )
     skipped = pd.read_csv(tmp_path / "s" / "skipped.csv")
     assert {"label row without an image", "image without a label row"} <= set(skipped["reason"])
     assert len(pd.read_csv(tmp_path / "s" / "manifest.csv")) == 15

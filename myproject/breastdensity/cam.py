@@ -29,6 +29,7 @@ from pathlib import Path
 
 import cv2
 import keras
+import matplotlib.pyplot as plt
 import numpy as np
 import tensorflow as tf
 from scipy.ndimage import zoom
@@ -124,6 +125,27 @@ class GradCam:
         maps = expand_maps(raw, self.input_size) if expand else raw
         maps = normalize_maps(maps) * valid[:, None, None]  # empty maps stay all zero
         return CamResult(maps.astype(np.float32), raw, chosen, probabilities, valid)
+
+
+def class_maps_on_one_scale(grad_cam: GradCam, image) -> np.ndarray:
+    """Grad-CAM of every class for one image, all divided by the largest value of the four.
+
+    ``GradCam`` scales each map to its own maximum, which makes the weakest
+    argument for a class look as strong as the best one. Here the four maps
+    share one scale, so they can be compared side by side.
+
+    Args:
+        grad_cam: ``GradCam`` of the model.
+        image: (1, H, W, 3) preprocessed input.
+
+    Returns:
+        (NUM_CLASSES, H, W) float32 in [0, 1]; all zero if every map is empty.
+    """
+    images = np.repeat(np.asarray(image, np.float32), len(CLASSES), axis=0)
+    raw = grad_cam(images, np.arange(len(CLASSES)), expand=False).raw  # (4, h, w), ReLU'd
+    maps = expand_maps(raw, grad_cam.input_size)
+    peak = float(maps.max())
+    return (maps / peak if peak > EPSILON else np.zeros_like(maps)).astype(np.float32)
 
 
 # ----------------------------------------------------------------------------
@@ -228,6 +250,21 @@ def _write_png(path: Path, image: np.ndarray) -> None:
         raise OSError(f"cannot write {path}")
 
 
+def _write_figure(path: Path, picture: np.ndarray, title: str, colorbar: str | None) -> None:
+    """A BGR picture as a titled figure, with the jet colour bar of the map when it shows one."""
+    height, width = picture.shape[:2]
+    figure, axis = plt.subplots(figsize=(4.2, 4.2 * height / width + 0.7), layout="constrained")
+    axis.imshow(cv2.cvtColor(picture, cv2.COLOR_BGR2RGB))
+    axis.set_title(title, fontsize=8)
+    axis.axis("off")
+    if colorbar:
+        scale = plt.cm.ScalarMappable(norm=plt.Normalize(0, 1), cmap="jet")
+        figure.colorbar(scale, ax=axis, shrink=0.8, label=colorbar)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+
+
 def write_cam_images(
     folder,
     stem: str,
@@ -237,8 +274,12 @@ def write_cam_images(
     cam: np.ndarray,
     alpha: float = 0.5,
     level: float = 0.5,
+    title: str | None = None,
 ) -> dict[str, object]:
     """Write the four pictures of one image into ``folder``.
+
+    The network input is written as the image itself; the map, the overlay and
+    the contours as small figures with ``title`` and (map, overlay) a colour bar.
 
     Args:
         folder: ``<maps_dir>/<PROJ>/<CLASS>``.
@@ -248,11 +289,13 @@ def write_cam_images(
         network_input: the preprocessed (S, S, 3) input the network saw.
         cam: the [0, 1] map at the network input size (S, S).
         alpha, level: overlay weight and contour level (fraction of the maximum).
+        title: what the figures say, e.g. "CC_R te0001_C_CC_R: true C, predicted C (0.93)".
 
     Returns:
         name -> path of the files written.
     """
     folder = Path(folder)
+    title = title or f"{stem}: predicted {predicted}"
     names = cam_file_names(predicted, stem, network_input.shape[0])
     # Maps of this image written under another predicted class (another model,
     # another run) would otherwise stay beside the new ones.
@@ -262,14 +305,15 @@ def write_cam_images(
         if stale.fullmatch(path.name):
             path.unlink()
     stretched = to_image_size(cam, gray.shape)  # back to the real aspect ratio
-    pictures = {
-        "input": viewable(network_input),
-        "map": colorize(stretched),
-        "overlay": overlay(gray, stretched, alpha),
-        "contours": draw_contours(gray, stretched, level),
-    }
-    paths = {}
-    for key, picture in pictures.items():
-        paths[key] = folder / names[key]
-        _write_png(paths[key], picture)
+    paths = {key: folder / name for key, name in names.items() if key != "methods"}
+    _write_png(paths["input"], viewable(network_input))
+    scale = f"Grad-CAM of {predicted} (1 = this map's maximum)"
+    _write_figure(paths["map"], colorize(stretched), title, scale)
+    _write_figure(paths["overlay"], overlay(gray, stretched, alpha), title, scale)
+    _write_figure(
+        paths["contours"],
+        draw_contours(gray, stretched, level),
+        f"{title}\nyellow: Grad-CAM >= {level:.0%} of its maximum",
+        None,
+    )
     return paths

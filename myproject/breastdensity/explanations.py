@@ -57,6 +57,18 @@ METHODS = (
     "random",
 )
 SLOW_METHODS = ("scorecam", "smoothgrad", "integrated_gradients", "occlusion")
+# How people write the methods' names (figures, tables).
+METHOD_NAMES = {
+    "gradcam": "Grad-CAM",
+    "gradcam++": "Grad-CAM++",
+    "scorecam": "Score-CAM",
+    "layercam": "Layer-CAM",
+    "saliency": "Saliency",
+    "smoothgrad": "SmoothGrad",
+    "integrated_gradients": "Integrated Gradients",
+    "occlusion": "Occlusion",
+    "random": "Random map",
+}
 
 
 class Explainer:
@@ -260,27 +272,41 @@ __all__ = [
 
 
 def plot_method_grid(gray, maps: dict[str, np.ndarray], title: str, path=None, alpha: float = 0.5):
-    """One row of overlays per image: every method (and class) side by side on the original image.
+    """The image and its maps as overlays in a grid (four per row), with one shared colour bar.
+
+    Every map is drawn on the same 0-1 colour scale; maps that should be compared
+    with each other (the Grad-CAM of each class) must be scaled together by the
+    caller (``cam.class_maps_on_one_scale``).
 
     Args:
         gray: uint8 (H, W) original image.
-        maps: label -> [0, 1] map at the network input size.
+        maps: label (as people write it) -> [0, 1] map at the network input size.
         title: figure title.
         path: where to save the PNG (None: only return the figure).
     """
-    columns = len(maps) + 1
+    panels = [("image", None), *maps.items()]
+    columns = min(4, len(panels))
+    rows = -(-len(panels) // columns)
     aspect = gray.shape[0] / gray.shape[1]
-    figure, axes = plt.subplots(1, columns, figsize=(2.2 * columns, 2.2 * aspect + 0.6))
-    axes[0].imshow(gray, cmap="gray", vmin=0, vmax=255)
-    axes[0].set_title("image", fontsize=8)
-    for axis, (label, cam) in zip(axes[1:], maps.items(), strict=True):
-        picture = overlay(gray, to_image_size(cam, gray.shape), alpha)
-        axis.imshow(cv2.cvtColor(picture, cv2.COLOR_BGR2RGB))
-        axis.set_title(label, fontsize=8)
-    for axis in axes:
+    figure, axes = plt.subplots(
+        rows,
+        columns,
+        figsize=(2.6 * columns + 0.8, 2.6 * aspect * rows + 0.8),
+        squeeze=False,
+        layout="constrained",
+    )
+    for axis in axes.flat:
         axis.axis("off")
-    figure.suptitle(title, fontsize=9)
-    figure.tight_layout()
+    for axis, (label, cam) in zip(axes.flat, panels, strict=False):
+        if cam is None:
+            axis.imshow(gray, cmap="gray", vmin=0, vmax=255)
+        else:
+            picture = overlay(gray, to_image_size(cam, gray.shape), alpha)
+            axis.imshow(cv2.cvtColor(picture, cv2.COLOR_BGR2RGB))
+        axis.set_title(label, fontsize=9)
+    scale = plt.cm.ScalarMappable(norm=plt.Normalize(0, 1), cmap="jet")
+    figure.colorbar(scale, ax=axes, shrink=0.6, label="map value (0-1)")
+    figure.suptitle(title, fontsize=10)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, dpi=110)
