@@ -1,5 +1,5 @@
 # Two commands a newcomer needs (see README.md):
-#   make demo   set up .venv, then run stages 2 -> 4 on the shipped example
+#   make demo       set up .venv, then run stages 2 -> 4 on the shipped example into runs/demo/
 #   make test       set up .venv with the test tools, then lint and run the whole suite (CI)
 #   make test-fast  the same without the tests marked slow: the edit-run loop (under 2 minutes)
 # Both create a local virtual environment (.venv) from the pinned requirements
@@ -24,8 +24,11 @@ $(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.runtime-installed
 	$(BIN)/python -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
+# Outputs go to runs/demo/ (ignored by git), so the shipped results stay as committed;
+# `cd myproject && python Run_Example.py` regenerates the shipped ones in place.
 demo: $(VENV)/.runtime-installed
-	cd myproject && ../$(BIN)/python Run_Example.py
+	cd myproject && ../$(BIN)/python Run_Example.py --predictions-dir ../runs/demo/Prediction \
+		--maps-dir ../runs/demo/MAPS --executed-dir ../runs/demo/executed
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check .

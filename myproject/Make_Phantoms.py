@@ -33,6 +33,10 @@ import sys
 import time
 from pathlib import Path
 
+import breastdensity.quiet  # noqa: F401  first: TensorFlow then starts without its chatter
+
+# isort: split
+
 from breastdensity.conventions import MIN_IMAGE_SIZE
 from breastdensity.files import UnwritableError
 from breastdensity.phantoms import PREVALENCE, generate_dataset, plot_examples

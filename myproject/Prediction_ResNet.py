@@ -39,6 +39,10 @@ import time
 import warnings
 from pathlib import Path
 
+import breastdensity.quiet  # noqa: F401  first: TensorFlow then starts without its chatter
+
+# isort: split
+
 from breastdensity.conventions import (
     CLASSES,
     PROJECTIONS,

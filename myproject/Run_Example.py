@@ -61,7 +61,7 @@ def run_notebook(name: str, output: Path, parameters: dict) -> None:
         parameters=parameters,
         cwd=str(Path.cwd()),
         kernel_name="python3",
-        progress_bar=False,
+        progress_bar=True,  # one bar per notebook: cells done of all
     )
 
 

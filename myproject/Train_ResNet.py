@@ -35,6 +35,10 @@ import sys
 import time
 from pathlib import Path
 
+import breastdensity.quiet  # noqa: F401  first: TensorFlow then starts without its chatter
+
+# isort: split
+
 import keras
 import tensorflow as tf
 

@@ -36,4 +36,6 @@ sys.path[:] = [
     str(HERE),
     *(p for p in sys.path if p not in ("repository/myproject", "myproject", ".")),
 ]
+import breastdensity.quiet  # noqa: E402, F401  TensorFlow without its start-up chatter
+
 print("working directory:", HERE)

@@ -80,6 +80,7 @@ ALLOWED_IMPORTS = {
     "label_tables": FOUNDATION,  # stage 0: the public datasets' label tables
     "baseline": FOUNDATION | {"metrics"},  # scored with the one implementation of fusion and kappa
     "__init__": set(),
+    "quiet": set(),
 }
 
 

@@ -9,7 +9,6 @@ from pathlib import Path
 
 import keras
 import numpy as np
-import tensorflow as tf
 
 from .conventions import (
     CONFIG_FILE,
@@ -132,11 +131,6 @@ def predict_records(
     """
     size = model_image_size(model)
     dataset = prediction_dataset([r.path for r in records], size, batch_size)
-
-    @tf.function(reduce_retracing=True)
-    def forward(images):
-        return model(images, training=False)
-
     kept, chunks, skipped = [], [], []
     for images, ok, index in dataset:
         ok, index = ok.numpy(), index.numpy()
@@ -148,7 +142,9 @@ def predict_records(
                     "fix or remove it, or pass --skip-bad to predict the others"
                 )
             skipped += [(path, "cannot decode the image") for path in bad]
-        probabilities = forward(images).numpy()[ok]
+        # Keras compiles its predict step once per model (a smaller last batch
+        # included), where a tf.function made here would be retraced per call.
+        probabilities = np.asarray(model.predict_on_batch(images))[ok]
         chunks.append(probabilities)
         kept += [records[i] for i in index[ok]]
     matrix = np.concatenate(chunks) if chunks else np.zeros((0, NUM_CLASSES), np.float32)
