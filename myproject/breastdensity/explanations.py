@@ -20,6 +20,11 @@ integrated_gradients  path integral of gradients from a baseline (written
                   here: no maintained TF 2.21 library offers it)
 occlusion         drop of the class probability when a patch is hidden
                   (written here, same reason)
+backprop, deconvolution, gradient_input, ig_black, ig_black_white,
+expected_gradients, and sg_<m> / sg2_<m> (SmoothGrad and SmoothGrad
+squared of any of them): the thesis' and the poster's gradient
+                  attributions, batched and compiled
+                  (``breastdensity.attributions``)
 random            uniform noise: the floor every method must beat
 ================  ==========================================================
 
@@ -32,6 +37,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from .attributions import GRADIENT_METHODS, GradientAttributions
 from .cam import GradCam, linear_copy, normalize_maps
 from .network import LAST_RESIDUAL_LAYER
 
@@ -44,9 +50,16 @@ METHODS = (
     "smoothgrad",
     "integrated_gradients",
     "occlusion",
+    *GRADIENT_METHODS,
     "random",
 )
-SLOW_METHODS = ("scorecam", "smoothgrad", "integrated_gradients", "occlusion")
+SLOW_METHODS = (
+    "scorecam",
+    "smoothgrad",
+    "integrated_gradients",
+    "occlusion",
+    *(m for m in GRADIENT_METHODS if m.startswith(("ig_", "expected_", "sg_", "sg2_"))),
+)
 
 
 class Explainer:
@@ -62,6 +75,9 @@ class Explainer:
         occlusion_patch, occlusion_stride: patch side and step, as fractions
             of the image side.
         seed: of the random baseline and SmoothGrad's noise.
+        baselines: (N, H, W, 3) preprocessed training images, the baselines of
+            expected_gradients (``attributions.load_baselines``); None: that method is unavailable.
+        eg_samples: (baseline, path position) draws of expected_gradients.
     """
 
     def __init__(
@@ -75,6 +91,8 @@ class Explainer:
         occlusion_patch: float = 0.125,
         occlusion_stride: float = 0.0625,
         seed: int = 0,
+        baselines=None,
+        eg_samples: int = 32,
     ):
         self.model = model
         self.layer_name = layer_name
@@ -92,6 +110,15 @@ class Explainer:
         self._gradcam = GradCam(model, layer_name)
         self._linear = linear_copy(model)
         self._library = {}
+        self.attributions = GradientAttributions(
+            model,
+            baselines,
+            ig_steps=ig_steps,
+            eg_samples=eg_samples,
+            smooth_samples=smooth_samples,
+            smooth_noise=smooth_noise,
+            seed=seed,
+        )
 
     # --- helpers ---------------------------------------------------------------------------
 
@@ -156,6 +183,8 @@ class Explainer:
                 np.random.set_state(state)  # noqa: NPY002
         elif method == "integrated_gradients":
             maps = integrated_gradients(self._linear, images, classes, steps=self.ig_steps)
+        elif method in GRADIENT_METHODS:
+            maps = self.attributions.maps(method, images, classes)
         elif method == "occlusion":
             maps = occlusion_sensitivity(
                 self.model, images, classes, self.occlusion_patch, self.occlusion_stride
