@@ -9,16 +9,16 @@ Every method here is one formula with different sample points. For an image x
 where R is the backward rule (the gradient d y / d x, or the deconvnet rule)
 and the factor (x - b_k) is dropped for the plain-gradient methods:
 
-=====================  ==================  =================================  ========
-method                 rule, factor        samples (b_k, a_k)                 K
-=====================  ==================  =================================  ========
-backprop (BP)          gradient, none      (0, 1): the gradient at x          1
-deconvolution (D)      deconvnet, none     (0, 1)                             1
-gradient_input (G*I)   gradient, x         (0, 1)                             1
-ig_black (IGB)         gradient, x - b     (black, (k - 1/2)/m), k = 1..m     m
-ig_black_white (IGBW)  gradient, x - b     the same from black and from white 2m
-expected_gradients     gradient, x - b     (random training image, a ~ U(0,1))  n
-=====================  ==================  =================================  ========
+=====================  ================  ==================================  ===
+method                 rule, factor      samples (b_k, a_k)                  K
+=====================  ================  ==================================  ===
+backprop (BP)          gradient, none    (0, 1): the gradient at x           1
+deconvolution (D)      deconvnet, none   (0, 1)                              1
+gradient_input (G*I)   gradient, x       (0, 1)                              1
+ig_black (IGB)         gradient, x - b   (black, (k - 1/2)/m), k = 1..m      m
+ig_black_white (IGBW)  gradient, x - b   as IGB, from black and from white   2m
+expected_gradients     gradient, x - b   (training image, a ~ U(0, 1))       n
+=====================  ================  ==================================  ===
 
 SmoothGrad wraps any of them: ``smoothgrad(method)`` averages A over noisy
 copies x + e_j, ``smoothgrad_squared(method)`` averages A(x + e_j)^2. Maps

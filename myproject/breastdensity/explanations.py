@@ -24,7 +24,9 @@ backprop, deconvolution, gradient_input, ig_black, ig_black_white,
 expected_gradients, and sg_<m> / sg2_<m> (SmoothGrad and SmoothGrad
 squared of any of them): the thesis' and the poster's gradient
                   attributions, batched and compiled
-                  (``breastdensity.attributions``)
+                  (``breastdensity.attributions``); backprop is the
+                  gradient of the gray pixel (sum over the 3 channels),
+                  where saliency takes the largest channel (tf-keras-vis)
 random            uniform noise: the floor every method must beat
 ================  ==========================================================
 
