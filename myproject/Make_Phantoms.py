@@ -121,8 +121,10 @@ def main(argv=None) -> int:
     if args.raw:
         images = 4 * sum(args.subjects)
         if (args.out / "RawDICOM").exists() and not args.overwrite:
-            print(f"error: {args.out}/RawDICOM exists; choose another --out or pass --overwrite",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"error: {args.out}/RawDICOM exists; choose another --out or pass --overwrite",
+                file=sys.stderr,
+            )
             return 2
         manifest = write_raw_phantoms(args.out, images, args.seed, tuple(args.size))
         print(f"{images} raw DICOM phantoms in {time.perf_counter() - started:.1f} s; {manifest}")

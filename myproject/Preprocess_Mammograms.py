@@ -166,8 +166,16 @@ def collect_jobs(args: argparse.Namespace) -> tuple[list[dict], list[tuple[str, 
     if args.labels is None:
         for path in images:
             # the subject: the DICOM's PatientID when there is one (read in the worker)
-            jobs.append({"source": path, "subject": None, "density": None, "split": None,
-                         "fallback_subject": _unlabelled_subject(path, input_dir), "hints": {}})  # fmt: skip
+            jobs.append(
+                {
+                    "source": path,
+                    "subject": None,
+                    "density": None,
+                    "split": None,
+                    "fallback_subject": _unlabelled_subject(path, input_dir),
+                    "hints": {},
+                }
+            )
     else:
         table = read_labels(args.labels, input_dir, args.labels_file)
         for reason, count in table.skipped.items():
@@ -191,8 +199,15 @@ def collect_jobs(args: argparse.Namespace) -> tuple[list[dict], list[tuple[str, 
         rows = rows.assign(split=assign_splits(rows, fractions, args.seed, args.use_dataset_split))
         for row in rows.itertuples(index=False):
             hints = {"laterality": row.laterality, "view": row.view, "source": "label table"}
-            jobs.append({"source": Path(row.file), "subject": _clean_subject(str(row.subject)),
-                         "density": row.density, "split": row.split, "hints": hints})  # fmt: skip
+            jobs.append(
+                {
+                    "source": Path(row.file),
+                    "subject": _clean_subject(str(row.subject)),
+                    "density": row.density,
+                    "split": row.split,
+                    "hints": hints,
+                }
+            )
     # Duplicate images: the same bytes under two names. Only files of equal
     # size can be equal, so only those are hashed.
     sizes = Counter(job["source"].stat().st_size for job in jobs)
@@ -221,8 +236,12 @@ def _png(array: np.ndarray, mask: bool = False) -> bytes:
     if mask:
         parameters = [cv2.IMWRITE_PNG_BILEVEL, 1]
     else:
-        parameters = [cv2.IMWRITE_PNG_COMPRESSION, 1,
-                      cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]  # fmt: skip
+        parameters = [
+            cv2.IMWRITE_PNG_COMPRESSION,
+            1,
+            cv2.IMWRITE_PNG_STRATEGY,
+            cv2.IMWRITE_PNG_STRATEGY_RLE,
+        ]
     ok, buffer = cv2.imencode(".png", array, parameters)
     if not ok:
         raise RuntimeError("PNG encoding failed")
@@ -335,8 +354,12 @@ def run(args: argparse.Namespace) -> dict:
         )
     if not jobs:
         raise DatasetError(f"no image to preprocess under {args.input}")
-    settings = {"pectoral": args.pectoral, "max_height": args.max_height, "bits": args.bits,
-                "qa": args.qa is not None}  # fmt: skip
+    settings = {
+        "pectoral": args.pectoral,
+        "max_height": args.max_height,
+        "bits": args.bits,
+        "qa": args.qa is not None,
+    }
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     out.parent.mkdir(parents=True, exist_ok=True)
     staging.mkdir()

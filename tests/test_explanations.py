@@ -31,6 +31,8 @@ def test_every_method_gives_normalised_maps(network):
         ig_steps=8,
         occlusion_patch=0.25,
         occlusion_stride=0.25,
+        baselines=quadrant_images(np.random.default_rng(5), [1, 2], 64),  # expected_gradients
+        eg_samples=4,
     )
     images = quadrant_images(np.random.default_rng(2), [0, 3], 64)
     for method in METHODS:

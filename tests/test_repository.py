@@ -72,7 +72,11 @@ ALLOWED_IMPORTS = {
     "predictions": FOUNDATION,
     "metrics": FOUNDATION,  # stage 3
     "cam": FOUNDATION,  # stage 4 and the explanation evaluation
-    "explanations": FOUNDATION | {"cam"},
+    "explanations": FOUNDATION | {"cam", "attributions"},
+    "attributions": FOUNDATION | {"cam"},  # the poster's gradient attributions
+    "regions": FOUNDATION,  # XRAI-style region maps
+    "attribution_comparison": FOUNDATION
+    | {"cam", "attributions", "regions", "explanation_quality"},
     "explanation_quality": FOUNDATION | {"cam"},
     "phantoms": FOUNDATION,  # synthetic data
     "raw_phantoms": FOUNDATION | {"phantoms"},  # their raw DICOM form, for stage 0

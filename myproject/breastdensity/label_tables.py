@@ -113,14 +113,23 @@ def read_folder(input_dir: Path) -> LabelTable:
     for projection in PROJECTIONS:
         for label in CLASSES:
             # <PROJ>/<CLASS>/ or the reference's <PROJ>/<split>/<CLASS>/ (TestSet/CC_R/test/A)
-            paths = [*(input_dir / projection / label).glob("*"),
-                     *(input_dir / projection).glob(f"*/{label}/*")]  # fmt: skip
+            paths = [
+                *(input_dir / projection / label).glob("*"),
+                *(input_dir / projection).glob(f"*/{label}/*"),
+            ]
             for path in sorted(paths):
                 if path.is_file() and not path.name.startswith("."):
                     view, side = projection.split("_")
-                    records.append({"file": str(path), "subject": parse_image_name(path).subject,
-                                    "laterality": side, "view": view, "density": label,
-                                    "dataset_split": ""})  # fmt: skip
+                    records.append(
+                        {
+                            "file": str(path),
+                            "subject": parse_image_name(path).subject,
+                            "laterality": side,
+                            "view": view,
+                            "density": label,
+                            "dataset_split": "",
+                        }
+                    )
     if not records:
         raise DatasetError(
             f"{input_dir}: no image in <PROJ>/<CLASS>/ folders ({', '.join(PROJECTIONS)} / "
@@ -138,16 +147,30 @@ def read_csv_labels(input_dir: Path, path: Path) -> LabelTable:
         if density is None:
             skipped["no density A-D"] += 1
             continue
-        records.append({"file": str(input_dir / row.file), "subject": str(row.subject),
-                        "laterality": _side(row.laterality), "view": _view(row.view),
-                        "density": density, "dataset_split": ""})  # fmt: skip
+        records.append(
+            {
+                "file": str(input_dir / row.file),
+                "subject": str(row.subject),
+                "laterality": _side(row.laterality),
+                "view": _view(row.view),
+                "density": density,
+                "dataset_split": "",
+            }
+        )
     return _with_images(records, skipped)
 
 
 def read_vindr(input_dir: Path, path: Path) -> LabelTable:
     table = _read_csv(path, dtype=str)
-    columns = ["study_id", "series_id", "image_id", "laterality", "view_position",
-               "breast_density", "split"]  # fmt: skip
+    columns = [
+        "study_id",
+        "series_id",
+        "image_id",
+        "laterality",
+        "view_position",
+        "breast_density",
+        "split",
+    ]
     _require(table, columns, path, "vindr")
     records, skipped = [], Counter()
     for row in table.itertuples(index=False):
@@ -155,12 +178,16 @@ def read_vindr(input_dir: Path, path: Path) -> LabelTable:
         if density is None:
             skipped["no density A-D"] += 1
             continue
-        records.append({
-            "file": str(input_dir / "images" / row.study_id / f"{row.image_id}.dicom"),
-            "subject": row.study_id, "laterality": _side(row.laterality),
-            "view": _view(row.view_position), "density": density,
-            "dataset_split": "test" if str(row.split).strip().lower() == "test" else "train",
-        })  # fmt: skip
+        records.append(
+            {
+                "file": str(input_dir / "images" / row.study_id / f"{row.image_id}.dicom"),
+                "subject": row.study_id,
+                "laterality": _side(row.laterality),
+                "view": _view(row.view_position),
+                "density": density,
+                "dataset_split": "test" if str(row.split).strip().lower() == "test" else "train",
+            }
+        )
     return _with_images(records, skipped)
 
 
@@ -176,11 +203,16 @@ def read_rsna(input_dir: Path, path: Path) -> LabelTable:
         if _view(row.view) not in ("CC", "MLO"):
             skipped[f"view {row.view} (not CC/MLO)"] += 1
             continue
-        records.append({
-            "file": str(input_dir / "train_images" / row.patient_id / f"{row.image_id}.dcm"),
-            "subject": row.patient_id, "laterality": _side(row.laterality),
-            "view": _view(row.view), "density": density, "dataset_split": "",
-        })  # fmt: skip
+        records.append(
+            {
+                "file": str(input_dir / "train_images" / row.patient_id / f"{row.image_id}.dcm"),
+                "subject": row.patient_id,
+                "laterality": _side(row.laterality),
+                "view": _view(row.view),
+                "density": density,
+                "dataset_split": "",
+            }
+        )
     return _with_images(records, skipped)
 
 
@@ -191,12 +223,19 @@ def read_cbis_ddsm(input_dir: Path, paths: list[Path]) -> LabelTable:
     for path in paths:
         table = _read_csv(path, dtype=str)
         density_column = "breast_density" if "breast_density" in table.columns else "breast density"
-        _require(table, ["patient_id", density_column, "left or right breast", "image view"],
-                 path, "cbis-ddsm")  # fmt: skip
+        _require(
+            table,
+            ["patient_id", density_column, "left or right breast", "image view"],
+            path,
+            "cbis-ddsm",
+        )
         for values in table.to_dict("records"):
             density = _density(values[density_column])
-            key = (str(values["patient_id"]).strip(), str(values["left or right breast"]).strip().upper(),
-                   _view(values["image view"]))  # fmt: skip
+            key = (
+                str(values["patient_id"]).strip(),
+                str(values["left or right breast"]).strip().upper(),
+                _view(values["image view"]),
+            )
             if density is None:
                 skipped["no density 1-4"] += 1
             elif key in labels:
@@ -221,9 +260,16 @@ def read_cbis_ddsm(input_dir: Path, paths: list[Path]) -> LabelTable:
             skipped["same image in another collection"] += 1
             continue
         matched.add(key)
-        records.append({"file": str(file), "subject": patient, "laterality": side[0],
-                        "view": view, "density": labels[key],
-                        "dataset_split": "test" if part == "Test" else "train"})  # fmt: skip
+        records.append(
+            {
+                "file": str(file),
+                "subject": patient,
+                "laterality": side[0],
+                "view": view,
+                "density": labels[key],
+                "dataset_split": "test" if part == "Test" else "train",
+            }
+        )
     missing = [f"{p} {s} {v}" for (p, s, v) in labels if (p, s, v) not in matched]
     return _finish(records, missing, skipped)
 
@@ -232,8 +278,12 @@ def read_embed(input_dir: Path, clinical_path: Path, metadata_path: Path) -> Lab
     clinical = _read_csv(clinical_path, dtype=str)
     _require(clinical, ["empi_anon", "acc_anon", "tissueden", "side"], clinical_path, "embed")
     metadata = _read_csv(metadata_path, dtype=str)
-    _require(metadata, ["acc_anon", "anon_dicom_path", "ImageLaterality", "ViewPosition",
-                        "FinalImageType"], metadata_path, "embed")  # fmt: skip
+    _require(
+        metadata,
+        ["acc_anon", "anon_dicom_path", "ImageLaterality", "ViewPosition", "FinalImageType"],
+        metadata_path,
+        "embed",
+    )
     skipped = Counter()
     is_2d = metadata["FinalImageType"].str.upper().str.strip() == "2D"
     skipped["not a 2D image"] += int((~is_2d).sum())
@@ -254,10 +304,16 @@ def read_embed(input_dir: Path, clinical_path: Path, metadata_path: Path) -> Lab
         for image in images.itertuples(index=False):
             relative = str(image.anon_dicom_path)
             relative = relative.split("anon_dicom/", 1)[-1].lstrip("/")
-            records.append({"file": str(input_dir / relative), "subject": row.empi_anon,
-                            "laterality": _side(image.ImageLaterality),
-                            "view": _view(image.ViewPosition), "density": density,
-                            "dataset_split": ""})  # fmt: skip
+            records.append(
+                {
+                    "file": str(input_dir / relative),
+                    "subject": row.empi_anon,
+                    "laterality": _side(image.ImageLaterality),
+                    "view": _view(image.ViewPosition),
+                    "density": density,
+                    "dataset_split": "",
+                }
+            )
     return _with_images(records, skipped)
 
 
@@ -289,9 +345,16 @@ def read_inbreast(input_dir: Path, path: Path) -> LabelTable:
             continue
         parts = file.stem.split("_")
         subject = parts[1] if len(parts) > 1 else name
-        records.append({"file": str(file), "subject": subject,
-                        "laterality": _side(values["Laterality"]), "view": _view(values["View"]),
-                        "density": density, "dataset_split": ""})  # fmt: skip
+        records.append(
+            {
+                "file": str(file),
+                "subject": subject,
+                "laterality": _side(values["Laterality"]),
+                "view": _view(values["View"]),
+                "density": density,
+                "dataset_split": "",
+            }
+        )
     return _finish(records, missing, skipped)
 
 

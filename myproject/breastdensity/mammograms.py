@@ -560,8 +560,9 @@ def find_pectoral(image: np.ndarray, breast: np.ndarray) -> np.ndarray:
     half = max(2, band // 2)
     local = _row_means(
         cumulative, counts, covered[:, None], candidates, np.clip(candidates + half, 0, width)
-    ) - _row_means(cumulative, counts, covered[:, None], np.clip(candidates - half, 0, width),
-                   candidates)  # fmt: skip
+    ) - _row_means(
+        cumulative, counts, covered[:, None], np.clip(candidates - half, 0, width), candidates
+    )
     edge = candidates[np.arange(covered.size), np.argmax(np.nan_to_num(local, nan=-1.0), axis=1)]
     edge = ndimage.median_filter(edge.astype(float), size=_odd(0.05 * height), mode="nearest")
     if covered.size >= 5:

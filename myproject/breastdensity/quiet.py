@@ -18,20 +18,14 @@ from __future__ import annotations
 import os
 import sys
 
-
-def import_tensorflow_quietly() -> None:
-    if "tensorflow" in sys.modules:
-        return  # too late to silence anything; nothing to do
+if "tensorflow" not in sys.modules:  # else it is too late to silence anything
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     sys.stderr.flush()
-    saved = os.dup(2)
+    _saved_stderr = os.dup(2)
     try:
-        with open(os.devnull, "w") as devnull:
-            os.dup2(devnull.fileno(), 2)
+        with open(os.devnull, "w") as _devnull:
+            os.dup2(_devnull.fileno(), 2)
             import tensorflow  # noqa: F401
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-
-
-import_tensorflow_quietly()
+        os.dup2(_saved_stderr, 2)
+        os.close(_saved_stderr)

@@ -162,8 +162,16 @@ def make_raw_phantom(seed: int, index: int, size: tuple[int, int] = (320, 256)) 
     # View label burned into the upper corner on the nipple side.
     scale = max(0.35, width / 500)
     text = np.zeros(canvas.shape, np.uint8)  # putText draws on 8-bit images only
-    cv2.putText(text, f"{side}{view}", (4, int(22 * scale) + 2), cv2.FONT_HERSHEY_SIMPLEX,
-                scale, 255, max(1, int(2 * scale)), cv2.LINE_AA)  # fmt: skip
+    cv2.putText(
+        text,
+        f"{side}{view}",
+        (4, int(22 * scale) + 2),
+        cv2.FONT_HERSHEY_SIMPLEX,
+        scale,
+        255,
+        max(1, int(2 * scale)),
+        cv2.LINE_AA,
+    )
     canvas = np.maximum(canvas, text.astype(np.float32))
     canvas += rng.normal(0.0, 0.8, canvas.shape).astype(np.float32)  # detector noise
 
@@ -248,9 +256,16 @@ def make_raw_phantom(seed: int, index: int, size: tuple[int, int] = (320, 256)) 
         "view_tag": view_tag,
     }
     return RawPhantom(
-        name, dataset, truth_breast.copy(), truth_pectoral.copy(), reference, projection, label,
-        subject, description,
-    )  # fmt: skip
+        name,
+        dataset,
+        truth_breast.copy(),
+        truth_pectoral.copy(),
+        reference,
+        projection,
+        label,
+        subject,
+        description,
+    )
 
 
 def write_raw_phantoms(
@@ -278,13 +293,29 @@ def write_raw_phantoms(
             ("reference", raw.reference),
         ):
             data = encode_png(array)
-            atomic_write(out_dir / "RawTruth" / f"{raw.name}_{suffix}.png",
-                         lambda path, data=data: path.write_bytes(data))  # fmt: skip
+            atomic_write(
+                out_dir / "RawTruth" / f"{raw.name}_{suffix}.png",
+                lambda path, data=data: path.write_bytes(data),
+            )
         view, side = raw.projection.split("_")
-        labels.append({"file": f"{raw.name}.dcm", "subject": raw.subject,
-                       "laterality": side, "view": view, "density": raw.label})  # fmt: skip
-        rows.append({"file": f"RawDICOM/{raw.name}.dcm", "projection": raw.projection,
-                     "subject": raw.subject, "class": raw.label, **raw.description})  # fmt: skip
+        labels.append(
+            {
+                "file": f"{raw.name}.dcm",
+                "subject": raw.subject,
+                "laterality": side,
+                "view": view,
+                "density": raw.label,
+            }
+        )
+        rows.append(
+            {
+                "file": f"RawDICOM/{raw.name}.dcm",
+                "projection": raw.projection,
+                "subject": raw.subject,
+                "class": raw.label,
+                **raw.description,
+            }
+        )
     atomic_write(out_dir / "raw_labels.csv", lambda p: pd.DataFrame(labels).to_csv(p, index=False))
     manifest = out_dir / "raw_manifest.csv"
     atomic_write(manifest, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
