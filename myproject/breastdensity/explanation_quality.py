@@ -438,7 +438,9 @@ def score_image(explainer, image: PreparedImage, methods, fidelity_steps: int = 
 
 
 def robustness_image(explainer, image: PreparedImage, methods, seed: int = 0):
-    """Rows of ``robustness.csv`` for one image, and the maps (method, transformation) -> map.
+    """Rows of ``robustness.csv`` for one image, the reference maps, the maps after each change
+    ((method, transformation) -> map) and the changed images (transformation -> (S, S) image),
+    all brought back to the original frame so that they can be drawn under the maps.
 
     Every map, before and after the change, explains the class predicted on the
     unchanged image, so that only the image differs. Geometric changes are undone
@@ -448,11 +450,12 @@ def robustness_image(explainer, image: PreparedImage, methods, seed: int = 0):
     inputs = network_input(image.resized)
     predicted = int(np.argmax(explainer.model.predict(inputs, verbose=0)[0]))
     reference = {method: explainer.explain(method, inputs, [predicted])[0] for method in methods}
-    rows, maps = [], {}
+    rows, maps, changed_images = [], {}, {}
     size = image.resized.shape
     for number, transformation in enumerate(transformations(size)):
         rng = np.random.default_rng([seed, number])
         changed = transformation.apply(image.resized.copy(), rng)
+        changed_images[transformation.name] = transformation.inverse(changed)
         changed_input = network_input(changed)
         kept = int(np.argmax(explainer.model.predict(changed_input, verbose=0)[0])) == predicted
         valid = transformation.valid(size) if transformation.valid else np.ones(size, bool)
@@ -472,7 +475,7 @@ def robustness_image(explainer, image: PreparedImage, methods, seed: int = 0):
                     "projection": image.projection,
                 }
             )
-    return rows, reference, maps
+    return rows, reference, maps, changed_images
 
 
 def sanity_check(explainer, random_explainer, inputs, methods) -> list[dict]:
