@@ -181,7 +181,7 @@ def test_explainability_evaluation_notebook_runs(phantom_test_set, tmp_path):
         score_cam_max_channels=2,
         smooth_samples=2,
         ig_steps=4,
-        attribution_methods=["backprop", "ig_black_white", "expected_gradients", "deconvolution"],
+        attribution_methods=["expected_gradients", "deconvolution"],
         attribution_ig_steps=2,
         attribution_eg_samples=2,
         attribution_smooth_samples=2,
@@ -205,9 +205,9 @@ def test_explainability_evaluation_notebook_runs(phantom_test_set, tmp_path):
     assert set(sanity.method) == set(scores.method)
     text = json.dumps(nbformat.read(tmp_path / "executed.ipynb", as_version=4).cells)
     assert "MLO_L: skipped" in text
-    # the poster's table: 4 methods x 3 smoothings + random, x 2 forms, per image
+    # the poster's table: 2 methods x 3 smoothings + random, x 2 forms, per image
     comparison = pd.read_csv(tmp_path / "out" / "attribution_comparison.csv")
-    assert len(comparison) == 4 * (4 * 3 + 1) * 2
+    assert len(comparison) == 4 * (2 * 3 + 1) * 2
     assert set(comparison.form) == {"pixel", "region"}
     assert comparison.deletion_auc.notna().all() and comparison.auc.notna().any()
     assert (tmp_path / "out" / "attribution_comparison.png").is_file()
