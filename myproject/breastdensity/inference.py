@@ -142,9 +142,13 @@ def predict_records(
                     "fix or remove it, or pass --skip-bad to predict the others"
                 )
             skipped += [(path, "cannot decode the image") for path in bad]
-        # Keras compiles its predict step once per model (a smaller last batch
-        # included), where a tf.function made here would be retraced per call.
-        probabilities = np.asarray(model.predict_on_batch(images))[ok]
+        # The last, smaller batch is padded to the full size: Keras' compiled predict
+        # step then keeps one input shape (no retracing) and the extra rows are dropped.
+        count = len(images)
+        if count < batch_size:
+            padding = [[0, batch_size - count]] + [[0, 0]] * (len(images.shape) - 1)
+            images = np.pad(np.asarray(images), padding)
+        probabilities = np.asarray(model.predict_on_batch(images))[:count][ok]
         chunks.append(probabilities)
         kept += [records[i] for i in index[ok]]
     matrix = np.concatenate(chunks) if chunks else np.zeros((0, NUM_CLASSES), np.float32)
