@@ -10,9 +10,9 @@ before its imports is here, written once for the three notebooks:
 * In Colab, install what Colab lacks: Keras at the version the shipped
   ``.keras`` models were saved with (older Keras 3 releases cannot read them)
   and tf-keras-vis. Colab's own TensorFlow stays.
-* Everywhere, keep TensorFlow's C++ start-up messages (CUDA probing on a
-  machine without a GPU, oneDNN notes) out of the notebook; real errors still
-  show.
+* Everywhere, keep TensorFlow's start-up messages (CUDA probing on a machine
+  without a GPU, oneDNN notes) out of the notebook (``breastdensity.quiet``);
+  real errors still show.
 """
 
 from __future__ import annotations
@@ -22,8 +22,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Set before TensorFlow is first imported; 2 = warnings and errors only.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 COLAB_PACKAGES = ("keras==3.15.1", "tf-keras-vis==0.8.7")
 
