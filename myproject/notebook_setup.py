@@ -22,7 +22,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-
 COLAB_PACKAGES = ("keras==3.15.1", "tf-keras-vis==0.8.7")
 
 if "google.colab" in sys.modules:
