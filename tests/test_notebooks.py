@@ -212,3 +212,16 @@ def test_explainability_evaluation_notebook_runs(phantom_test_set, tmp_path):
     assert comparison.deletion_auc.notna().all() and comparison.auc.notna().any()
     assert (tmp_path / "out" / "attribution_comparison.png").is_file()
     assert "EG baselines drawn from the test images" in text  # no TrainingSet here
+
+
+@pytest.mark.slow
+def test_an_unwritable_output_folder_is_refused_before_the_work(predictions, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("not a folder")
+    with pytest.raises(papermill.PapermillExecutionError, match="is a file, not a folder"):
+        execute_notebook(
+            "Figure_merit.ipynb",
+            tmp_path / "executed.ipynb",
+            predictions_dir=str(predictions),
+            output_dir=str(blocker / "out"),
+        )
