@@ -1,12 +1,22 @@
 """Repository hygiene: CI runs the README's test command; the layout the user fixed exists."""
 
 import ast
+import json
 import re
+import shlex
 import subprocess
 import sys
+from pathlib import PurePosixPath
 
 import pytest
+import yaml
 from conftest import MYPROJECT, REPO
+
+DOCUMENTS = [
+    REPO / "README.md",
+    REPO / "benchmarks" / "README.md",
+    REPO / "docs" / "how_it_works.md",
+]
 
 
 def test_ci_runs_exactly_the_readme_test_command():
@@ -132,3 +142,94 @@ def test_colab_installs_the_versions_requirements_pin():
     for requirement in colab:
         name, version = requirement.split("==")
         assert pins[name] == version, requirement
+
+
+def shell_commands(markdown):
+    """Each command of the markdown's ```bash blocks, continuation lines joined."""
+    blocks = re.findall(r"^ *```bash\n(.*?)^ *```", markdown, flags=re.MULTILINE | re.DOTALL)
+    for block in blocks:
+        yield from re.sub(r"\\\n\s*", " ", block).splitlines()
+
+
+def papermill_runs(markdown):
+    """(notebook, output, parameter names, folders made by mkdir -p) of each papermill command."""
+    for line in shell_commands(markdown):
+        if "papermill" not in line:
+            continue
+        tokens = shlex.split(line, comments=True)
+        made = set()
+        if tokens[:2] == ["mkdir", "-p"]:
+            made = set(tokens[2 : tokens.index("&&")])
+        rest = tokens[tokens.index("papermill") + 1 :]
+        notebook, output, options = rest[0], rest[1], rest[2:]
+        names = []
+        while options:
+            flag = options.pop(0)
+            if flag in ("-p", "-r"):
+                names.append(options.pop(0))
+                options.pop(0)
+            elif flag == "-y":
+                names.extend(yaml.safe_load(options.pop(0)))
+            else:
+                raise AssertionError(f"unexpected papermill option {flag!r} in: {line}")
+        yield notebook, output, names, made
+
+
+def notebook_parameters(path):
+    """Names assigned in the notebook's cell tagged parameters."""
+    cells = json.loads(path.read_text())["cells"]
+    (source,) = [
+        "".join(c["source"]) for c in cells if "parameters" in c["metadata"].get("tags", [])
+    ]
+    return {
+        target.id
+        for node in ast.parse(source).body
+        if isinstance(node, ast.Assign)
+        for target in node.targets
+    }
+
+
+def test_every_notebook_has_a_papermill_command_with_its_own_parameters():
+    notebooks = {path.name: notebook_parameters(path) for path in MYPROJECT.glob("*.ipynb")}
+    seen = set()
+    for document in DOCUMENTS:
+        for notebook, output, names, made in papermill_runs(document.read_text()):
+            name = PurePosixPath(notebook).name
+            assert name in notebooks, (document.name, notebook)
+            seen.add(name)
+            unknown = set(names) - notebooks[name]
+            assert not unknown, f"{document.name}: {name} has no parameter {sorted(unknown)}"
+            # papermill does not create the executed copy's folder: the command must
+            folder = str(PurePosixPath(output).parent)
+            assert folder in made | {"."}, f"{document.name}: mkdir -p {folder} && ... {output}"
+    assert seen == set(notebooks), f"no papermill command for {sorted(set(notebooks) - seen)}"
+
+
+def heading_anchors(markdown):
+    """GitHub's anchors of the markdown's headings (duplicates get -1, -2, ...)."""
+    anchors = set()
+    markdown = re.sub(r"^ *```.*?^ *```", "", markdown, flags=re.MULTILINE | re.DOTALL)
+    for heading in re.findall(r"^#+ +(.+?) *$", markdown, flags=re.MULTILINE):
+        anchor = re.sub(r"[^\w\- ]", "", heading.lower()).replace(" ", "-")
+        candidate, count = anchor, 0
+        while candidate in anchors:
+            count += 1
+            candidate = f"{anchor}-{count}"
+        anchors.add(candidate)
+    return anchors
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(REPO)))
+def test_markdown_links_point_at_files_and_headings_that_exist(document):
+    markdown = document.read_text()
+    without_code = re.sub(r"^ *```.*?^ *```", "", markdown, flags=re.MULTILINE | re.DOTALL)
+    links = re.findall(r"\]\(([^)\s]+)\)", re.sub(r"`[^`]*`", "", without_code))
+    assert links
+    for link in links:
+        if re.match(r"[a-z]+://", link):
+            continue
+        target, _, anchor = link.partition("#")
+        path = (document.parent / target).resolve() if target else document
+        assert path.exists(), f"{document.name}: link to missing {target}"
+        if anchor:
+            assert anchor in heading_anchors(path.read_text()), f"{document.name}: #{anchor}"
