@@ -354,5 +354,5 @@ def plot_method_grid(gray, maps: dict[str, np.ndarray], title: str, path=None, a
     figure.suptitle(title, fontsize=10)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(path, dpi=110)
+        figure.savefig(path, dpi=90)
     return figure
