@@ -32,7 +32,8 @@ from breastdensity.phantoms import plot_examples  # noqa: E402
 
 
 def overlay_grid(maps_dir: Path, target: Path) -> None:
-    figure, axes = plt.subplots(len(CLASSES), len(PROJECTIONS), figsize=(10, 13.5))
+    """The stage-4 overlay figures (each titled, with its colour bar), one per class and projection."""
+    figure, axes = plt.subplots(len(CLASSES), len(PROJECTIONS), figsize=(11, 14.5))
     for row, label in enumerate(CLASSES):
         for column, projection in enumerate(PROJECTIONS):
             axis = axes[row, column]
@@ -46,11 +47,10 @@ def overlay_grid(maps_dir: Path, target: Path) -> None:
             name = cam_file_names(entry.predicted_label, Path(entry.file).stem, size=0)["overlay"]
             picture = cv2.imread(str(maps_dir / projection / label / name))
             axis.imshow(cv2.cvtColor(picture, cv2.COLOR_BGR2RGB))
-            axis.set_title(
-                f"{projection}: true {label}, predicted {entry.predicted_label}", fontsize=8
-            )
     figure.suptitle(
-        "Grad-CAM of the predicted class (shipped models, shipped TestSet)", fontsize=11
+        "Grad-CAM of the predicted class (shipped models, shipped TestSet): one image per true class "
+        "(rows) and projection (columns)",
+        fontsize=11,
     )
     figure.tight_layout()
     figure.savefig(target, dpi=90)
@@ -61,17 +61,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--maps", type=Path, default=REPO / "myproject" / "MAPS")
     parser.add_argument(
-        "--evaluation", type=Path, required=True, help="stage-3 output of the quality evaluation"
+        "--evaluation",
+        type=Path,
+        help="stage-3 output of the quality evaluation (its subject-level confusion matrix is copied)",
     )
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "figures")
     args = parser.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     plot_examples(REPO / "myproject", args.out / "phantoms_grid.png")  # shipped TestSet + manifest
     overlay_grid(args.maps, args.out / "gradcam_overlays.png")
-    shutil.copy(
-        args.evaluation / "CONFUSION_MATRICES" / "confusionmatrix_total.png",
-        args.out / "confusionmatrix_total.png",
-    )
+    if args.evaluation is not None:
+        shutil.copy(
+            args.evaluation / "CONFUSION_MATRICES" / "confusionmatrix_total.png",
+            args.out / "confusionmatrix_total.png",
+        )
     print(f"figures in {args.out}")
 
 
