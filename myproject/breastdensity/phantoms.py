@@ -4,19 +4,31 @@ Each phantom imitates a mammogram after the reference's preprocessing: 8-bit
 gray, background exactly 0, breast cropped at the skin line, chest wall on the
 image edge (right edge for right breasts, nipple pointing left; left breasts
 mirrored), and for MLO views the pectoral muscle replaced by the mean breast
-gray value. Recipe, per image (all lengths relative to the image size):
+gray value. Recipe, per image (lengths relative to the image width; version 2):
 
 1. Outline: a super-ellipse against the chest wall (CC), or a tilted one with
    an axillary tail and a pectoral triangle in the upper chest-wall corner (MLO).
-2. Dense-tissue mask: power-law noise P(f) ~ 1/f^3 plus a smooth central prior,
-   thresholded so that exactly the target percent density (PD) of the breast
-   area (pectoral excluded) is dense; a thin subcutaneous fat ring stays fatty.
-3. Intensities: fat as smooth mid-gray with anatomical power-law texture
-   (beta ~ 3, the published range for mammograms is 1.5-3.5); dense tissue
-   brighter, textured, with soft (blurred) edges; thickness falloff near the
-   skin line; a thin skin line, the nipple, faint curvilinear structures
-   pointing to the nipple; mild noise; random global brightness and contrast so
-   that no single global statistic reveals the class.
+2. Compressed breast: full thickness inside, rounded roll-off under the skin.
+3. Tissue built from structures: a glandular score (smooth prior behind the
+   nipple + anisotropic power-law texture, beta ~ 3.2 CC / 3.3 MLO, + fibrous
+   texture converging on the nipple) inside a subcutaneous and retromammary
+   fat envelope; Cooper's ligaments as thin septa bounding fat lobules
+   (warped Voronoi cells); vessels. Textures are made in a frame ``aspect``
+   times taller and squeezed, as stage 0's crop and the square network input
+   squeeze a real breast.
+4. Dense mask: exactly the target percent density (PD) of the breast area
+   (pectoral excluded) where the glandular score is highest; the image uses
+   the soft glandular fraction, so the mask is exact ground truth of the
+   bright tissue without being a hard-edged cloud.
+5. Projection and display: log-attenuation signal (fat 1, gland
+   1 + contrast), peripheral equalisation, VOI window, display curve (linear,
+   sigmoid, log), gamma, local contrast enhancement; detector resolution,
+   blur and quantum-like noise; 30 % scanned-film look (characteristic curve,
+   grain, softer). These vary per image (domain randomisation) so that no
+   single system's look or global statistic gives the class away.
+
+How close the result is to real mammograms is measured by
+``tools/realism.py`` (README, "How real do the phantoms look?").
 
 Labels follow the BI-RADS 4th-edition bands of PD: A < 25 %, B 25-50 %,
 C 50-75 %, D > 75 %. By default PD is drawn inside each band with margins; with
@@ -76,12 +88,15 @@ class PhantomParameters:
     fat_envelope: float  # subcutaneous fat layer (no glandular tissue)
     gland_contrast: float  # extra log-attenuation of glandular over fatty tissue
     ligaments: float  # Cooper's ligaments, in units of gland_contrast
+    fine_texture: float  # fine trabecular texture everywhere, in units of gland_contrast
+    ligament_width: float  # half width, fraction of the image width
     vessels: int
     equalisation: float  # peripheral equalisation (0: none, 1: thickness roll-off removed)
     display_curve: str  # one of DISPLAY_CURVES
     window_low: float  # VOI window on the log-signal, fat at full thickness = 1
     window_high: float
     gamma: float
+    sharpen: float  # vendor-like local contrast enhancement (unsharp mask gain)
     output_low: float  # display gray of window_low and window_high
     output_high: float
     blur_sigma: float  # pixels
@@ -115,6 +130,21 @@ def power_law_noise(
     return (field / (field.std() + 1e-12)).astype(np.float32)
 
 
+def smooth_noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """White noise blurred by a Gaussian of ``sigma`` pixels, unit std.
+
+    Made at a lower resolution and upsampled: a wide blur of a full-size image
+    would dominate the generator's time.
+    """
+    height, width = shape
+    factor = max(1, int(sigma // 3))
+    small = rng.standard_normal((height // factor + 2, width // factor + 2)).astype(np.float32)
+    small = cv2.GaussianBlur(small, (0, 0), sigma / factor)
+    field = cv2.resize(small, (width + 2 * factor, height + 2 * factor))[:height, :width]
+    field -= field.mean()
+    return field / (field.std() + 1e-12)
+
+
 def radial_texture(
     shape: tuple[int, int],
     nipple_xy: tuple[float, float],
@@ -146,10 +176,7 @@ def radial_texture(
     )
     polar = polar.astype(np.float32)
     # Smooth domain warping bends the straight rays into curved strands.
-    warp = cv2.GaussianBlur(
-        rng.standard_normal((height, width)).astype(np.float32), (0, 0), 0.06 * width
-    )
-    warp *= 0.04 * angles / (warp.std() + 1e-6)
+    warp = 0.015 * angles * smooth_noise((height, width), 0.15 * width, rng)
     map_x = ((angle + np.pi) / (2 * np.pi) * angles + warp).astype(np.float32)
     map_y = (radius / (radius.max() + 1e-6) * (radii - 1)).astype(np.float32)
     field = cv2.remap(polar, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
@@ -271,20 +298,33 @@ def dense_mask_from_score(
     return mask.reshape(score.shape)
 
 
-def _ligaments(shape, fibres: np.ndarray, p: PhantomParameters, rng) -> np.ndarray:
+def _ligaments(shape, p: PhantomParameters, rng: np.random.Generator) -> np.ndarray:
     """Cooper's ligaments: thin curvilinear septa bounding fat lobules (0-1).
 
-    The zero lines of a band-pass field are closed curves around blobs (the
-    lobules); the fibrous texture bends them toward the nipple.
+    The lobules are the cells of a Voronoi partition (random centres), made in
+    the physical frame (``aspect`` times taller, then squeezed like the image)
+    and bent by a smooth random warp; the septa are the cell borders.
     """
     height, width = shape
-    field = power_law_noise(shape, 4.0, rng, p.aspect)
-    field -= cv2.GaussianBlur(field, (0, 0), 0.12 * width)  # lobules of ~10 % of the width
-    field = field / (field.std() + 1e-6) + 0.35 * fibres
-    gradient = np.hypot(*np.gradient(field))
-    half_width = 0.8 * max(1.0, width / 400.0)  # pixels
-    lines = np.clip(1.0 - np.abs(field) / (half_width * np.median(gradient) + 1e-6), 0.0, 1.0)
-    return lines * lines
+    tall = int(round(height * p.aspect))
+    centres = np.ones((tall, width), np.uint8)
+    count = int(rng.uniform(80, 350) * p.aspect)
+    centres[rng.integers(0, tall, count), rng.integers(0, width, count)] = 0
+    _, labels = cv2.distanceTransformWithLabels(centres, cv2.DIST_L2, 3)
+    labels = cv2.resize(labels.astype(np.float32), (width, height), interpolation=cv2.INTER_NEAREST)
+    warp_x, warp_y = (smooth_noise(shape, 0.05 * width, rng) for _ in range(2))
+    amplitude = 0.03 * width
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    labels = cv2.remap(labels, cols + amplitude * warp_x, rows + amplitude * warp_y,
+                       cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT)  # fmt: skip
+    borders = np.zeros(shape, np.float32)
+    borders[:, 1:] += labels[:, 1:] != labels[:, :-1]
+    borders[1:, :] += labels[1:, :] != labels[:-1, :]
+    sigma = max(0.5, p.ligament_width * width)
+    lines = cv2.GaussianBlur(np.minimum(borders, 1.0), (0, 0), sigma)
+    # Septa fade in and out: a smooth random visibility, so the mesh is not a regular net.
+    visibility = np.clip(0.4 + 0.6 * power_law_noise(shape, 3.5, rng, p.aspect), 0.0, 1.0)
+    return np.clip(lines * np.sqrt(2 * np.pi) * sigma, 0.0, 1.0) * visibility
 
 
 def _vessels(breast: np.ndarray, nipple_xy, p: PhantomParameters, rng) -> np.ndarray:
@@ -331,7 +371,10 @@ def sample_parameters(
     if not low <= subject_pd <= high:  # noisy labels: the subject PD may lie outside
         target_pd = float(np.clip(subject_pd + rng.uniform(-2.0, 2.0), 0.5, 97.0))
     base_beta = 3.17 if projection.startswith("CC") else 3.30  # published means
-    film = bool(rng.random() < 0.2)
+    # Scanned film is softer (film blur, scanner resolution) than a digital detector.
+    film = bool(rng.random() < 0.3)
+    blur, resolution = ((1.2, 2.5), (1.5, 3.0)) if film else ((0.1, 0.8), (1.0, 1.5))
+    scale = width / 520.0  # blur is specified for the default 650 x 520 images
     window_low = rng.uniform(0.7, 1.0)
 
     def uniform(a: float, b: float) -> float:
@@ -343,23 +386,26 @@ def sample_parameters(
         target_pd=round(target_pd, 3),
         height=height,
         width=width,
-        aspect=uniform(1.2, 2.8),
+        aspect=uniform(1.2, 3.2),
         beta_texture=round(float(np.clip(rng.normal(base_beta, 0.23), 2.5, 3.6)), 3),
-        fibre_anisotropy=uniform(2.0, 5.0),
+        fibre_anisotropy=uniform(2.0, 8.0),
         edge_width=uniform(0.08, 0.20),
         fat_envelope=uniform(0.03, 0.08),
-        gland_contrast=uniform(0.35, 0.8),
-        ligaments=uniform(0.5, 1.2),
+        gland_contrast=uniform(0.35, 1.0),
+        ligaments=uniform(0.1, 0.8),
+        fine_texture=uniform(0.0, 0.5),
+        ligament_width=round(float(rng.uniform(0.001, 0.003)), 5),
         vessels=int(rng.integers(2, 7)),
         equalisation=uniform(0.0, 0.7),
         display_curve=str(rng.choice(DISPLAY_CURVES)),
         window_low=round(float(window_low), 3),
-        window_high=uniform(1.5, 2.1),
-        gamma=uniform(0.6, 1.6),
-        output_low=uniform(0.02, 0.25),
+        window_high=uniform(1.6, 2.4),
+        gamma=uniform(0.6, 2.0),
+        sharpen=0.0 if film else uniform(0.0, 2.5),
+        output_low=uniform(0.0, 0.2),
         output_high=uniform(0.80, 1.0),
-        blur_sigma=uniform(0.3, 1.2) * max(1.0, width / 520),
-        resolution=uniform(1.0, 2.2),
+        blur_sigma=round(max(0.3, uniform(*blur) * scale), 3),
+        resolution=uniform(*resolution),
         noise_sigma=uniform(0.004, 0.02),
         film=film,
         outline_seed=int(rng.integers(2**31)),
@@ -436,19 +482,21 @@ def render_phantom(parameters: PhantomParameters) -> Phantom:
     glandular = 1.0 / (1.0 + np.exp(-np.clip((score - threshold) / softness, -30, 30)))
     glandular *= cv2.GaussianBlur(eligible.astype(np.float32), (0, 0), 0.025 * width)
     fine = radial_texture(
-        (height, width), nipple_xy, 2.2, 2.0 * p.fibre_anisotropy, p.aspect, texture_rng
+        (height, width), nipple_xy, 2.6, p.fibre_anisotropy, p.aspect, texture_rng
     )
     glandular = np.clip(glandular * (0.85 + 0.2 * fine), 0.0, 1.2)
-    ligaments = _ligaments((height, width), fibres, p, texture_rng) * (1.0 - 0.7 * glandular)
+    ligaments = _ligaments((height, width), p, texture_rng) * (1.0 - 0.7 * glandular)
     vessels = _vessels(breast, nipple_xy, p, texture_rng)
 
     # Projection: log-attenuation along the beam, fat = 1 at full thickness.
-    structure = glandular + p.ligaments * ligaments + 0.35 * vessels
+    structure = glandular + p.ligaments * ligaments + 0.35 * vessels + p.fine_texture * fine
     signal = thickness * (1.0 + p.gland_contrast * structure)
     signal += p.equalisation * (1.0 - thickness)  # peripheral equalisation
     skin = breast & ~cv2.erode(breast.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     signal[skin] += 0.15 * p.gland_contrast
     gray = display(signal, p, texture_rng).astype(np.float32)
+    if p.sharpen > 0:  # local contrast enhancement of processed digital images
+        gray += p.sharpen * (gray - cv2.GaussianBlur(gray, (0, 0), 0.015 * width))
 
     # Detector: resolution, blur, noise (film: coarser grain).
     if p.resolution > 1.05:
