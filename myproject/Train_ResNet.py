@@ -148,6 +148,12 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         "--no-augmentation", action="store_true", help="train without the reference's augmentation"
     )
     parser.add_argument(
+        "--no-photometric-augmentation",
+        action="store_true",
+        help="train without the gray-level augmentation (gamma, contrast, blur, noise) that the "
+        "shipped models used; with --no-augmentation as well: the reference exactly",
+    )
+    parser.add_argument(
         "--no-cache",
         action="store_true",
         help="decode every image every epoch instead of caching decoded images in memory "
@@ -234,6 +240,7 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
         global_batch,
         seed=args.seed,
         augment=not args.no_augmentation,
+        photometric=not args.no_photometric_augmentation,
         cache=False if args.no_cache else None,  # None: cache when it fits CACHE_LIMIT_BYTES
     )
     print(
@@ -296,6 +303,7 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
         "mixed_precision": args.mixed_precision,
         "class_weights": args.class_weights,
         "augmentation": not args.no_augmentation,
+        "photometric_augmentation": not args.no_photometric_augmentation,
         "cached": data.cached,
         "cardinality": args.cardinality,
         "data_root": str(args.data_root),
