@@ -227,6 +227,14 @@ def test_photometric_augmentation_changes_gray_levels_not_the_background():
     assert (np.diff(profile, axis=1) > -12).all()
 
 
+@pytest.mark.slow
+def test_pipeline_with_photometric_augmentation(phantoms):
+    data = training_datasets(phantoms, "CC_R", (64, 64), 3, seed=1, photometric=True)
+    images, _ = next(iter(data.train))
+    assert images.shape == (3, 64, 64, 3)
+    assert np.isfinite(images.numpy()).all()
+
+
 def test_pipeline_shapes_and_steps_from_the_data(phantoms):
     data = training_datasets(phantoms, "CC_R", (64, 64), global_batch_size=3, seed=1)
     assert data.steps_per_epoch == 6 and data.validation_steps == 2  # ceil(16/3), ceil(4/3)
@@ -234,9 +242,6 @@ def test_pipeline_shapes_and_steps_from_the_data(phantoms):
     assert images.shape == (3, 64, 64, 3) and one_hot.shape == (3, 4)
     assert len(list(data.validation)) == 2
     assert data.cached  # 20 small images: far below the in-memory cache limit
-    photometric = training_datasets(phantoms, "CC_R", (64, 64), 3, seed=1, photometric=True)
-    images, _ = next(iter(photometric.train))
-    assert images.shape == (3, 64, 64, 3)
 
 
 def test_cache_is_skipped_when_decoded_images_exceed_the_limit(phantoms, monkeypatch):
