@@ -40,6 +40,7 @@ from breastdensity.conventions import (
     FINAL_WEIGHTS,
     PROJECTIONS,
     DatasetError,
+    best_checkpoint,
     model_dir,
 )
 from breastdensity.network import build_resnet
@@ -154,6 +155,14 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         "shipped models used; with --no-augmentation as well: the reference exactly",
     )
     parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="MODELS_ROOT",
+        help="start from the weights of the best checkpoint in MODELS_ROOT/<PROJ>_model/ "
+        "(any input size: the network ends in global average pooling) instead of random ones",
+    )
+    parser.add_argument(
         "--no-cache",
         action="store_true",
         help="decode every image every epoch instead of caching decoded images in memory "
@@ -253,6 +262,16 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
 
     with strategy.scope():
         model = build_resnet(args.img_size, num_classes=len(CLASSES), cardinality=args.cardinality)
+        if args.init_from is not None:
+            source = best_checkpoint(model_dir(args.init_from, projection))
+            if source is None:
+                raise SystemExit(
+                    f"--init-from: no checkpoint in {model_dir(args.init_from, projection)}; "
+                    "give the models root of a finished training run"
+                )
+            # Warm start: same layers, so the weights fit whatever the input size.
+            model.set_weights(keras.saving.load_model(source, compile=False).get_weights())
+            print(f"[{projection}] weights initialised from {source}")
         model.compile(
             optimizer=make_optimizer(
                 args.optimizer,
@@ -304,6 +323,7 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
         "class_weights": args.class_weights,
         "augmentation": not args.no_augmentation,
         "photometric_augmentation": not args.no_photometric_augmentation,
+        "initialised_from": None if args.init_from is None else str(args.init_from.resolve()),
         "cached": data.cached,
         "cardinality": args.cardinality,
         "data_root": str(args.data_root),
