@@ -152,6 +152,7 @@ def test_class_activation_maps_notebook_runs(phantom_test_set, tmp_path):
     )
     summary = pd.read_csv(tmp_path / "MAPS" / "CC_L" / "cam_summary.csv")
     assert len(summary) == 8
+    assert summary["max_inside_breast"].isin([True, False]).all()  # every map is checked
     for row in summary.itertuples():
         folder = tmp_path / "MAPS" / "CC_L" / row.true_label
         stem = row.file.removesuffix(".png")

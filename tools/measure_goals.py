@@ -35,6 +35,7 @@ from breastdensity.cam import to_image_size  # noqa: E402
 from breastdensity.conventions import (  # noqa: E402
     DENSE_MASKS,
     PROJECTIONS,
+    best_checkpoint,
     dense_mask_path,
     list_class_images,
     projection_test_folder,
@@ -77,7 +78,7 @@ def classification(models_root: Path, data: Path, out: Path) -> dict[str, float]
 
 def maps(models_root: Path, data: Path, out: Path, projection: str = "CC_R") -> dict[str, float]:
     """Grad-CAM (and random) of one projection's model against the true dense masks."""
-    model = load_model(next(iter(sorted((models_root / f"{projection}_model").glob("*.keras")))))
+    model = load_model(best_checkpoint(models_root / f"{projection}_model"))
     explainer = Explainer(model)
     folder = projection_test_folder(data / "TestSet", projection)
     rows = []
