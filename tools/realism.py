@@ -75,7 +75,7 @@ def breast_region(image: np.ndarray) -> np.ndarray:
     if len(values):
         fill = values[np.argmax(counts)]
         flat = (image == fill) & (cv2.blur((image == fill).astype(np.float32), (5, 5)) > 0.99)
-        if flat.sum() > 0.02 * breast.sum():
+        if 0.02 * breast.sum() < flat.sum() < 0.5 * breast.sum():  # a patch, not the breast
             flat = cv2.dilate(flat.astype(np.uint8), np.ones((5, 5), np.uint8)).astype(bool)
             breast &= ~flat
     rim = max(2, image.shape[1] // 64)
