@@ -392,8 +392,8 @@ def sample_parameters(
         edge_width=uniform(0.08, 0.20),
         fat_envelope=uniform(0.03, 0.08),
         gland_contrast=uniform(0.35, 1.0),
-        ligaments=uniform(0.1, 0.8),
-        fine_texture=uniform(0.0, 0.5),
+        ligaments=uniform(0.1, 0.45),
+        fine_texture=uniform(0.0, 0.25),
         ligament_width=round(float(rng.uniform(0.001, 0.003)), 5),
         vessels=int(rng.integers(2, 7)),
         equalisation=uniform(0.0, 0.7),
@@ -401,7 +401,7 @@ def sample_parameters(
         window_low=round(float(window_low), 3),
         window_high=uniform(1.6, 2.4),
         gamma=uniform(0.6, 2.0),
-        sharpen=0.0 if film else uniform(0.0, 2.5),
+        sharpen=0.0 if film else uniform(0.0, 1.5),
         output_low=uniform(0.0, 0.2),
         output_high=uniform(0.80, 1.0),
         blur_sigma=round(max(0.3, uniform(*blur) * scale), 3),
@@ -476,11 +476,13 @@ def render_phantom(parameters: PhantomParameters) -> Phantom:
     score = _glandular_score(breast, nipple_xy, fibres, p, texture_rng)
     eligible = _fat_envelope(breast, pectoral, p)
     dense = dense_mask_from_score(score, tissue_region, eligible, p.target_pd)
-    # Soft glandular fraction: ~1 well inside the mask, ~0 well outside, partial at its edge.
+    # Glandular fraction: the mask with soft edges, denser deeper inside (higher score);
+    # faint sub-threshold tissue outside. The bright tissue is exactly the mask's.
     threshold = score[dense].min() if dense.any() else score[tissue_region].max()
     softness = 0.35 * float(score[tissue_region].std() + 1e-6)
-    glandular = 1.0 / (1.0 + np.exp(-np.clip((score - threshold) / softness, -30, 30)))
-    glandular *= cv2.GaussianBlur(eligible.astype(np.float32), (0, 0), 0.025 * width)
+    depth = 1.0 / (1.0 + np.exp(-np.clip((score - threshold) / softness, -30, 30)))
+    edge = cv2.GaussianBlur(dense.astype(np.float32), (0, 0), 0.01 * width)
+    glandular = edge * (0.75 + 0.25 * depth) + 0.15 * depth * (1.0 - edge) * eligible
     fine = radial_texture(
         (height, width), nipple_xy, 2.6, p.fibre_anisotropy, p.aspect, texture_rng
     )
