@@ -166,7 +166,12 @@ def measure(folders: list[Path], source: str, size: int, limit: int | None = Non
             resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
             resized[cv2.resize((image > 0).astype(np.uint8), (size, size)) == 0] = 0
             rows.append(
-                {"source": source, "file": str(path), "projection": projection_of(path)}
+                {
+                    "source": source,
+                    "name": path.name,
+                    "file": str(path),
+                    "projection": projection_of(path),
+                }
                 | image_features(resized)
             )
     return pd.DataFrame(rows)
@@ -185,7 +190,7 @@ def leave_one_out_auc(real: pd.DataFrame, phantoms: pd.DataFrame) -> float:
 
 
 def percentiles(real: pd.DataFrame, phantoms: pd.DataFrame) -> pd.DataFrame:
-    table = real[["file", "projection"]].copy()
+    table = real[["name", "projection"]].copy()
     for feature in FEATURES:
         reference = phantoms[feature].dropna().to_numpy()
         table[feature] = [
@@ -246,7 +251,7 @@ def plot_side_by_side(real: pd.DataFrame, sets: dict[str, pd.DataFrame], size: i
             axis.set_title(f"{name}: {projection}\n{path_j.stem[:22]}", fontsize=8)
     figure.suptitle(f"Real (after stage 0) vs phantoms, {size} x {size} as the network sees them")
     figure.tight_layout()
-    figure.savefig(path, dpi=110)
+    figure.savefig(path, dpi=80)
     plt.close(figure)
 
 
