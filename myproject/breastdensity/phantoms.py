@@ -402,7 +402,7 @@ def sample_parameters(
         window_high=uniform(1.6, 2.4),
         gamma=uniform(0.6, 2.0),
         sharpen=0.0 if film else uniform(0.0, 1.5),
-        output_low=uniform(0.0, 0.2),
+        output_low=uniform(0.15, 0.3),
         output_high=uniform(0.80, 1.0),
         blur_sigma=round(max(0.3, uniform(*blur) * scale), 3),
         resolution=uniform(*resolution),
