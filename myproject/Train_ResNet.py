@@ -50,6 +50,7 @@ from breastdensity.conventions import (
     MIN_IMAGE_SIZE,
     PROJECTIONS,
     DatasetError,
+    best_checkpoint,
     model_dir,
 )
 from breastdensity.files import UnwritableError, check_writable
@@ -165,6 +166,20 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         "--no-augmentation", action="store_true", help="train without the reference's augmentation"
     )
     parser.add_argument(
+        "--photometric-augmentation",
+        action="store_true",
+        help="add gray-level augmentation (gamma, contrast, blur, noise; background kept) after the "
+        "reference's geometric one: for models meant to meet real mammograms (off: the reference)",
+    )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        metavar="MODELS_ROOT",
+        help="start from the weights of the best checkpoint in MODELS_ROOT/<PROJ>_model/ "
+        "(any input size: the network ends in global average pooling) instead of random ones",
+    )
+    parser.add_argument(
         "--no-cache",
         action="store_true",
         help="decode every image every epoch instead of caching decoded images in memory "
@@ -223,6 +238,7 @@ def resolved_settings(args: argparse.Namespace, projection: str, replicas: int) 
         "mixed_precision": args.mixed_precision,
         "class_weights": args.class_weights,
         "augmentation": not args.no_augmentation,
+        "photometric_augmentation": args.photometric_augmentation,
         "cardinality": args.cardinality,
         "data_root": str(args.data_root),
     }
@@ -338,6 +354,7 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
         global_batch,
         seed=args.seed,
         augment=not args.no_augmentation,
+        photometric=args.photometric_augmentation,
         cache=False if args.no_cache else None,  # None: cache when it fits CACHE_LIMIT_BYTES
     )
     folder.mkdir(parents=True, exist_ok=True)  # only now: a data error leaves no empty folder
@@ -351,6 +368,16 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
 
     with strategy.scope():
         model = build_resnet(args.img_size, num_classes=len(CLASSES), cardinality=args.cardinality)
+        if args.init_from is not None:
+            source = best_checkpoint(model_dir(args.init_from, projection))
+            if source is None:
+                raise SystemExit(
+                    f"--init-from: no checkpoint in {model_dir(args.init_from, projection)}; "
+                    "give the models root of a finished training run"
+                )
+            # Warm start: same layers, so the weights fit whatever the input size.
+            model.set_weights(keras.saving.load_model(source, compile=False).get_weights())
+            print(f"[{projection}] weights initialised from {source}")
         model.compile(
             optimizer=make_optimizer(
                 args.optimizer,
@@ -391,6 +418,7 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
     ]
     config = {
         **settings,
+        "initialised_from": None if args.init_from is None else str(args.init_from.resolve()),
         "cached": data.cached,
         "train_images": len(data.train_records),
         "validation_images": len(data.validation_records),

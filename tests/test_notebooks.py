@@ -150,6 +150,7 @@ def test_class_activation_maps_notebook_runs(phantom_test_set, tmp_path):
         summary = pd.read_csv(tmp_path / "MAPS" / projection / "cam_summary.csv")
         assert len(summary) == 8
         assert (summary.status == "written").all() and (summary.predicted_label == "A").all()
+        assert summary["max_inside_breast"].isin([True, False]).all()  # every map is checked
         for row in summary.itertuples():
             folder = tmp_path / "MAPS" / projection / row.true_label
             stem = row.file.removesuffix(".png")

@@ -21,7 +21,13 @@ from breastdensity.conventions import (
 )
 from breastdensity.network import build_resnet
 from breastdensity.phantoms import generate_dataset
-from breastdensity.training import HISTORY_FILES, build_augmentation, save_model, training_datasets
+from breastdensity.training import (
+    HISTORY_FILES,
+    build_augmentation,
+    photometric_augmentation,
+    save_model,
+    training_datasets,
+)
 
 
 @pytest.fixture(scope="module")
@@ -203,6 +209,30 @@ def test_augmentation_changes_images_but_keeps_shape():
     assert not np.allclose(augmented, images)
     # no flips: a left-dark/right-bright ramp stays that way round
     assert augmented[:, :, -8:].numpy().mean() > augmented[:, :, :8].numpy().mean()
+
+
+def test_photometric_augmentation_changes_gray_levels_not_the_background():
+    # a breast (right half, a ramp of gray levels) on a zero background
+    images = np.zeros((8, 32, 32, 1), np.float32)
+    images[:, :, 16:] = np.linspace(20, 235, 16, dtype=np.float32)[None, None, :, None]
+    augmented = photometric_augmentation(images, seed=1).numpy()
+    assert augmented.shape == images.shape
+    assert (augmented[:, :, :16] == 0).all()  # background stays exactly 0
+    breast = augmented[:, :, 17:]  # away from the blurred border
+    assert breast.min() >= 1.0 and breast.max() <= 255.0  # breast never becomes background
+    assert np.abs(breast - images[:, :, 17:]).mean() > 1.0  # gray levels changed ...
+    assert len({round(float(b.mean()), 3) for b in breast}) == len(breast)  # ... per image
+    # a monotone ramp stays (nearly) monotone: gamma and contrast keep the order of gray levels
+    profile = augmented[:, 16, 18:-2, 0]
+    assert (np.diff(profile, axis=1) > -12).all()
+
+
+@pytest.mark.slow
+def test_pipeline_with_photometric_augmentation(phantoms):
+    data = training_datasets(phantoms, "CC_R", (64, 64), 3, seed=1, photometric=True)
+    images, _ = next(iter(data.train))
+    assert images.shape == (3, 64, 64, 3)
+    assert np.isfinite(images.numpy()).all()
 
 
 def test_pipeline_shapes_and_steps_from_the_data(phantoms):

@@ -163,6 +163,22 @@ def to_image_size(cam: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     return cv2.resize(cam.astype(np.float32), (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR)
 
 
+def peak_inside_breast(cam: np.ndarray, gray: np.ndarray) -> bool:
+    """Whether a map's maximum, stretched back onto the original image, lies on the breast.
+
+    Args:
+        cam: (S, S) map on the network input.
+        gray: (H, W) original image; the breast is every pixel above 0 (the
+            background is exactly 0 after preprocessing, pectoral included).
+
+    Returns:
+        True if the brightest map pixel falls on a breast pixel.
+    """
+    stretched = to_image_size(cam, gray.shape)
+    row, column = np.unravel_index(int(np.argmax(stretched)), stretched.shape)
+    return bool(gray[row, column] > 0)
+
+
 def colorize(cam: np.ndarray, colormap: int = cv2.COLORMAP_JET) -> np.ndarray:
     """[0, 1] map -> uint8 BGR colour image (OpenCV order, ready for cv2.imwrite)."""
     return cv2.applyColorMap(np.uint8(np.clip(cam, 0, 1) * 255), colormap)

@@ -4,19 +4,31 @@ Each phantom imitates a mammogram after the reference's preprocessing: 8-bit
 gray, background exactly 0, breast cropped at the skin line, chest wall on the
 image edge (right edge for right breasts, nipple pointing left; left breasts
 mirrored), and for MLO views the pectoral muscle replaced by the mean breast
-gray value. Recipe, per image (all lengths relative to the image size):
+gray value. Recipe, per image (lengths relative to the image width; version 2):
 
 1. Outline: a super-ellipse against the chest wall (CC), or a tilted one with
    an axillary tail and a pectoral triangle in the upper chest-wall corner (MLO).
-2. Dense-tissue mask: power-law noise P(f) ~ 1/f^3 plus a smooth central prior,
-   thresholded so that exactly the target percent density (PD) of the breast
-   area (pectoral excluded) is dense; a thin subcutaneous fat ring stays fatty.
-3. Intensities: fat as smooth mid-gray with anatomical power-law texture
-   (beta ~ 3, the published range for mammograms is 1.5-3.5); dense tissue
-   brighter, textured, with soft (blurred) edges; thickness falloff near the
-   skin line; a thin skin line, the nipple, faint curvilinear structures
-   pointing to the nipple; mild noise; random global brightness and contrast so
-   that no single global statistic reveals the class.
+2. Compressed breast: full thickness inside, rounded roll-off under the skin.
+3. Tissue built from structures: a glandular score (smooth prior behind the
+   nipple + anisotropic power-law texture, beta ~ 3.2 CC / 3.3 MLO, + fibrous
+   texture converging on the nipple) inside a subcutaneous and retromammary
+   fat envelope; Cooper's ligaments as thin septa bounding fat lobules
+   (warped Voronoi cells); vessels. Textures are made in a frame ``aspect``
+   times taller and squeezed, as stage 0's crop and the square network input
+   squeeze a real breast.
+4. Dense mask: exactly the target percent density (PD) of the breast area
+   (pectoral excluded) where the glandular score is highest; the image uses
+   the soft glandular fraction, so the mask is exact ground truth of the
+   bright tissue without being a hard-edged cloud.
+5. Projection and display: log-attenuation signal (fat 1, gland
+   1 + contrast), peripheral equalisation, VOI window, display curve (linear,
+   sigmoid, log), gamma, local contrast enhancement; detector resolution,
+   blur and quantum-like noise; 30 % scanned-film look (characteristic curve,
+   grain, softer). These vary per image (domain randomisation) so that no
+   single system's look or global statistic gives the class away.
+
+How close the result is to real mammograms is measured by
+``tools/realism.py`` (README, "How real do the phantoms look?").
 
 Labels follow the BI-RADS 4th-edition bands of PD: A < 25 %, B 25-50 %,
 C 50-75 %, D > 75 %. By default PD is drawn inside each band with margins; with
@@ -49,7 +61,7 @@ from .conventions import (
 from .files import atomic_write, check_writable
 from .preprocessing import read_mask
 
-GENERATOR_VERSION = "1"
+GENERATOR_VERSION = "2"
 BIRADS_BANDS = {"A": (0.0, 25.0), "B": (25.0, 50.0), "C": (50.0, 75.0), "D": (75.0, 100.0)}
 # PD is sampled inside these sub-bands by default (margins between classes).
 PD_SAMPLING_BANDS = {"A": (2.0, 22.0), "B": (27.0, 48.0), "C": (53.0, 73.0), "D": (78.0, 92.0)}
@@ -59,35 +71,60 @@ PREVALENCE = {
 }
 SPLIT_CODES = {"train": 1, "validation": 2, "test": 3}
 SUBJECT_PREFIX = {"train": "tr", "validation": "va", "test": "te"}
+# Display curves of "for presentation" images (vendor-like); film: a scanned screen-film image.
+DISPLAY_CURVES = ("linear", "sigmoid", "log")
 
 
 @dataclass
 class PhantomParameters:
-    """Everything that defines one phantom image (also written to the manifest)."""
+    """Everything that defines one phantom image (also written to the manifest).
+
+    Lengths are fractions of the image width; gray levels are on the 0-1 display scale.
+    """
 
     projection: str
     label: str
     target_pd: float  # percent
     height: int
     width: int
-    beta_mask: float  # spectral exponent of the dense-tissue pattern
+    aspect: float  # physical height / width of the breast the frame squeezes (texture anisotropy)
     beta_texture: float  # spectral exponent of the anatomical texture
-    fat_level: float  # gray level of fat (before global gain)
-    dense_contrast: float  # gray levels added by dense tissue
-    gain: float  # global contrast factor
-    offset: float  # global brightness offset
-    noise_sigma: float
+    fibre_anisotropy: float  # how much longer fibrous structures are toward the nipple than across
+    edge_width: float  # compressed-thickness roll-off under the skin
+    fat_envelope: float  # subcutaneous fat layer (no glandular tissue)
+    gland_contrast: float  # extra log-attenuation of glandular over fatty tissue
+    ligaments: float  # Cooper's ligaments, in units of gland_contrast
+    fine_texture: float  # fine trabecular texture everywhere, in units of gland_contrast
+    ligament_width: float  # half width, fraction of the image width
+    vessels: int
+    equalisation: float  # peripheral equalisation (0: none, 1: thickness roll-off removed)
+    display_curve: str  # one of DISPLAY_CURVES
+    window_low: float  # VOI window on the log-signal, fat at full thickness = 1
+    window_high: float
+    gamma: float
+    sharpen: float  # vendor-like local contrast enhancement (unsharp mask gain)
+    output_low: float  # display gray of window_low and window_high
+    output_high: float
+    blur_sigma: float  # pixels
+    resolution: float  # detector pixel / image pixel (>= 1: coarser detector, then upsampled)
+    noise_sigma: float  # display gray, 0-1 scale
+    film: bool  # scanned-film look: characteristic curve, grain, softer
     outline_seed: int
     texture_seed: int
 
 
-def power_law_noise(shape: tuple[int, int], beta: float, rng: np.random.Generator) -> np.ndarray:
+def power_law_noise(
+    shape: tuple[int, int], beta: float, rng: np.random.Generator, aspect: float = 1.0
+) -> np.ndarray:
     """Gaussian noise with power spectrum P(f) ~ 1/f^beta, zero mean, unit std.
 
-    White noise filtered in Fourier space by the amplitude |f|^(-beta/2).
+    White noise filtered in Fourier space by the amplitude |f|^(-beta/2). With
+    ``aspect`` > 1 the field is isotropic in a frame ``aspect`` times taller
+    than the image, then squeezed into it (as stage 0's crop and the network's
+    square input squeeze a real breast): structures look flattened.
     """
     height, width = shape
-    fy = np.fft.fftfreq(height)[:, None]
+    fy = np.fft.fftfreq(height)[:, None] / aspect
     fx = np.fft.rfftfreq(width)[None, :]
     frequency = np.sqrt(fx * fx + fy * fy)
     frequency[0, 0] = 1.0
@@ -97,6 +134,60 @@ def power_law_noise(shape: tuple[int, int], beta: float, rng: np.random.Generato
     field = np.fft.irfft2(spectrum, s=shape)
     field -= field.mean()
     return (field / (field.std() + 1e-12)).astype(np.float32)
+
+
+def smooth_noise(shape: tuple[int, int], sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """White noise blurred by a Gaussian of ``sigma`` pixels, unit std.
+
+    Made at a lower resolution and upsampled: a wide blur of a full-size image
+    would dominate the generator's time.
+    """
+    height, width = shape
+    factor = max(1, int(sigma // 3))
+    small = rng.standard_normal((height // factor + 2, width // factor + 2)).astype(np.float32)
+    small = cv2.GaussianBlur(small, (0, 0), sigma / factor)
+    field = cv2.resize(small, (width + 2 * factor, height + 2 * factor))[:height, :width]
+    field -= field.mean()
+    return field / (field.std() + 1e-12)
+
+
+def radial_texture(
+    shape: tuple[int, int],
+    nipple_xy: tuple[float, float],
+    beta: float,
+    anisotropy: float,
+    aspect: float,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """Fibrous power-law texture whose structures converge on the nipple (unit std).
+
+    Power-law noise is made on a polar grid (radius x angle around the nipple),
+    ``anisotropy`` times longer along the radius than across it, and mapped
+    back to the image: ducts and trabeculae fan out from the nipple.
+    """
+    height, width = shape
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    dx, dy = cols - nipple_xy[0], (rows - nipple_xy[1]) * aspect
+    radius = np.sqrt(dx * dx + dy * dy)
+    angle = np.arctan2(dy, dx)
+    radii, angles = 192, 768
+    fr = np.fft.fftfreq(radii)[:, None] * anisotropy
+    fa = np.fft.rfftfreq(angles)[None, :]
+    frequency = np.sqrt(fr * fr + fa * fa)
+    frequency[0, 0] = 1.0
+    amplitude = frequency ** (-beta / 2.0)
+    amplitude[0, 0] = 0.0
+    polar = np.fft.irfft2(
+        np.fft.rfft2(rng.standard_normal((radii, angles))) * amplitude, s=(radii, angles)
+    )
+    polar = polar.astype(np.float32)
+    # Smooth domain warping bends the straight rays into curved strands.
+    warp = 0.015 * angles * smooth_noise((height, width), 0.15 * width, rng)
+    map_x = ((angle + np.pi) / (2 * np.pi) * angles + warp).astype(np.float32)
+    map_y = (radius / (radius.max() + 1e-6) * (radii - 1)).astype(np.float32)
+    field = cv2.remap(polar, map_x, map_y, cv2.INTER_LINEAR, borderMode=cv2.BORDER_WRAP)
+    field -= field.mean()
+    return field / (field.std() + 1e-12)
 
 
 def _smoothstep(x: np.ndarray) -> np.ndarray:
@@ -137,7 +228,7 @@ def _outline(projection: str, height: int, width: int, rng: np.random.Generator)
         ) ** (1.0 / exponent)
         boundary = np.where(v <= nipple_v, upper, lower)
         breast = (u <= boundary) & (v <= fold_v)
-        breast = cv2.GaussianBlur(breast.astype(np.float32), (0, 0), 0.01 * width) > 0.5
+        breast = cv2.GaussianBlur(breast.astype(np.float32), (0, 0), 0.025 * width) > 0.5
         # Pectoral muscle: a triangle in the upper chest-wall corner, slightly convex.
         pect_width = rng.uniform(0.45, 0.8) * top_reach
         pect_height = rng.uniform(0.40, 0.70)
@@ -156,72 +247,115 @@ def _outline(projection: str, height: int, width: int, rng: np.random.Generator)
     return breast, pectoral & breast, nipple_xy
 
 
-def _dense_mask(
+def _glandular_score(
     breast: np.ndarray,
-    pectoral: np.ndarray,
     nipple_xy: tuple[float, float],
-    target_pd: float,
-    beta: float,
+    fibres: np.ndarray,
+    p: PhantomParameters,
     rng: np.random.Generator,
 ) -> np.ndarray:
-    """Binary dense mask covering exactly target_pd % of the non-pectoral breast."""
+    """Where glandular tissue is likeliest: a smooth prior behind the nipple plus structure.
+
+    The structure is anatomical texture (isotropic power law) and the fibrous
+    texture converging on the nipple, so that the densest tissue is elongated
+    toward the nipple and patchy, as the fibroglandular tree is.
+    """
     height, width = breast.shape
-    tissue = breast & ~pectoral
-    area = int(tissue.sum())
-    wanted = int(round(target_pd / 100.0 * area))
-    # Subcutaneous fat: a ring below the skin stays fatty; thinner for dense breasts.
-    distance = cv2.distanceTransform(breast.astype(np.uint8), cv2.DIST_L2, 3)
-    ring = max(1.0, (1.0 - target_pd / 100.0) * 0.05 * width)
-    eligible = tissue & (distance > ring)
-    if eligible.sum() < wanted:  # very dense small phantoms: relax the ring
-        eligible = tissue & (distance > 1.0)
-    if eligible.sum() < wanted:
-        eligible = tissue
-    # Smooth prior centred behind the nipple, between nipple and chest wall.
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
     chest_x = width - 1.0
-    centre_x = nipple_xy[0] + rng.uniform(0.35, 0.55) * (chest_x - nipple_xy[0])
+    centre_x = nipple_xy[0] + rng.uniform(0.30, 0.50) * (chest_x - nipple_xy[0])
     centre_y = nipple_xy[1] + rng.uniform(-0.08, 0.08) * height
     spread_x, spread_y = rng.uniform(0.30, 0.45) * width, rng.uniform(0.25, 0.40) * height
     prior = -(((cols - centre_x) / spread_x) ** 2 + ((rows - centre_y) / spread_y) ** 2)
-    score = power_law_noise((height, width), beta, rng) + rng.uniform(1.0, 1.8) * prior
+    texture = power_law_noise((height, width), p.beta_texture, rng, p.aspect)
+    return rng.uniform(1.0, 1.8) * prior + 0.8 * texture + 0.4 * fibres
+
+
+def _fat_envelope(breast: np.ndarray, pectoral: np.ndarray, p: PhantomParameters) -> np.ndarray:
+    """Where glandular tissue may be: inside the subcutaneous and retromammary fat layers."""
+    width = breast.shape[1]
+    distance = cv2.distanceTransform(np.pad(breast, 1).astype(np.uint8), cv2.DIST_L2, 3)
+    distance = distance[1:-1, 1:-1]
+    # Subcutaneous fat: thinner in dense breasts.
+    ring = max(1.0, (1.0 - 0.6 * p.target_pd / 100.0) * p.fat_envelope * width)
+    retromammary = int(round(0.5 * ring))
+    eligible = breast & ~pectoral & (distance > ring)
+    if retromammary:
+        eligible[:, width - retromammary :] = False  # fat in front of the chest wall
+    return eligible
+
+
+def dense_mask_from_score(
+    score: np.ndarray, tissue: np.ndarray, eligible: np.ndarray, target_pd: float
+) -> np.ndarray:
+    """Binary mask of the highest-score pixels covering exactly target_pd % of ``tissue``.
+
+    Only ``eligible`` pixels may be dense; if too few are (very dense, small
+    images) the whole tissue is eligible.
+    """
+    wanted = int(round(target_pd / 100.0 * int(tissue.sum())))
+    if eligible.sum() < wanted:
+        eligible = tissue
     candidates = np.flatnonzero(eligible)
-    mask = np.zeros(height * width, bool)
+    mask = np.zeros(score.size, bool)
     if wanted > 0:
         top = np.argpartition(-score.ravel()[candidates], wanted - 1)[:wanted]
         mask[candidates[top]] = True
-    return mask.reshape(height, width)
+    return mask.reshape(score.shape)
 
 
-def _curvilinear(breast: np.ndarray, nipple_xy, rng: np.random.Generator) -> np.ndarray:
-    """Faint ligaments and vessels: thin curves from the chest-wall side toward the nipple."""
+def _ligaments(shape, p: PhantomParameters, rng: np.random.Generator) -> np.ndarray:
+    """Cooper's ligaments: thin curvilinear septa bounding fat lobules (0-1).
+
+    The lobules are the cells of a Voronoi partition (random centres), made in
+    the physical frame (``aspect`` times taller, then squeezed like the image)
+    and bent by a smooth random warp; the septa are the cell borders.
+    """
+    height, width = shape
+    tall = int(round(height * p.aspect))
+    centres = np.ones((tall, width), np.uint8)
+    count = int(rng.uniform(80, 350) * p.aspect)
+    centres[rng.integers(0, tall, count), rng.integers(0, width, count)] = 0
+    _, labels = cv2.distanceTransformWithLabels(centres, cv2.DIST_L2, 3)
+    labels = cv2.resize(labels.astype(np.float32), (width, height), interpolation=cv2.INTER_NEAREST)
+    warp_x, warp_y = (smooth_noise(shape, 0.05 * width, rng) for _ in range(2))
+    amplitude = 0.03 * width
+    rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
+    labels = cv2.remap(labels, cols + amplitude * warp_x, rows + amplitude * warp_y,
+                       cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT)  # fmt: skip
+    borders = np.zeros(shape, np.float32)
+    borders[:, 1:] += labels[:, 1:] != labels[:, :-1]
+    borders[1:, :] += labels[1:, :] != labels[:-1, :]
+    sigma = max(0.5, p.ligament_width * width)
+    lines = cv2.GaussianBlur(np.minimum(borders, 1.0), (0, 0), sigma)
+    # Septa fade in and out: a smooth random visibility, so the mesh is not a regular net.
+    visibility = np.clip(0.4 + 0.6 * power_law_noise(shape, 3.5, rng, p.aspect), 0.0, 1.0)
+    return np.clip(lines * np.sqrt(2 * np.pi) * sigma, 0.0, 1.0) * visibility
+
+
+def _vessels(breast: np.ndarray, nipple_xy, p: PhantomParameters, rng) -> np.ndarray:
+    """A few meandering vessels from the chest wall toward the nipple (0-1)."""
     height, width = breast.shape
     canvas = np.zeros((height, width), np.float32)
-    ys, xs = np.nonzero(breast)
-    if len(xs) == 0:
+    ys = np.flatnonzero(breast[:, -1])
+    if len(ys) == 0:
         return canvas
-    nipple = np.array(nipple_xy, np.float32)
-    count = rng.integers(12, 25)
-    for _ in range(count):
-        pick = rng.integers(len(xs))
-        start = np.array([xs[pick], ys[pick]], np.float32)
-        direction = nipple - start
-        length = np.linalg.norm(direction) + 1e-6
-        normal = np.array([-direction[1], direction[0]]) / length
-        stop = rng.uniform(0.3, 0.9)
-        bend = rng.uniform(-0.08, 0.08) * length
-        s = np.linspace(0.0, stop, 24)[:, None]
-        points = start + s * direction + np.sin(np.pi * s) * bend * normal
-        cv2.polylines(
-            canvas,
-            [np.round(points * 16).astype(np.int32)],
-            False,
-            float(rng.uniform(0.4, 1.0)),
-            thickness=1,
-            lineType=cv2.LINE_AA,
-            shift=4,
+    for _ in range(p.vessels):
+        start = np.array([width - 1.0, float(rng.choice(ys))], np.float32)
+        target = np.array(nipple_xy, np.float32) + rng.normal(0, 0.15, 2) * [width, height]
+        s = np.linspace(0.0, rng.uniform(0.5, 0.95), 40)[:, None]
+        direction = target - start
+        normal = np.array([-direction[1], direction[0]]) / (np.linalg.norm(direction) + 1e-6)
+        wiggle = sum(
+            rng.uniform(-0.012, 0.012) * width * np.sin(np.pi * k * s + rng.uniform(0, 6.3))
+            for k in (1, 3, 7)
         )
-    return cv2.GaussianBlur(canvas, (0, 0), max(0.5, 0.0015 * width))
+        points = start + s * direction + wiggle * normal
+        thickness = max(1, int(round(rng.uniform(0.002, 0.004) * width)))
+        cv2.polylines(canvas, [np.round(points * 16).astype(np.int32)], False,
+                      float(rng.uniform(0.5, 1.0)), thickness=thickness,
+                      lineType=cv2.LINE_AA, shift=4)  # fmt: skip
+    return cv2.GaussianBlur(canvas, (0, 0), max(0.5, 0.002 * width))
 
 
 def sample_parameters(
@@ -232,25 +366,54 @@ def sample_parameters(
     width: int,
     rng: np.random.Generator,
 ) -> PhantomParameters:
-    """Per-image parameters; the subject's PD is jittered a little per view."""
+    """Per-image parameters; the subject's PD is jittered a little per view.
+
+    Anatomy and acquisition are drawn wide on purpose (domain randomisation):
+    display curve, window, gamma, blur, resolution, noise and a scanned-film
+    look vary so that a model cannot key on one vendor's processing.
+    """
     low, high = PD_SAMPLING_BANDS[label]
     target_pd = float(np.clip(subject_pd + rng.uniform(-2.0, 2.0), low, high))
     if not low <= subject_pd <= high:  # noisy labels: the subject PD may lie outside
         target_pd = float(np.clip(subject_pd + rng.uniform(-2.0, 2.0), 0.5, 97.0))
     base_beta = 3.17 if projection.startswith("CC") else 3.30  # published means
+    # Scanned film is softer (film blur, scanner resolution) than a digital detector.
+    film = bool(rng.random() < 0.3)
+    blur, resolution = ((1.2, 2.5), (1.5, 3.0)) if film else ((0.1, 0.8), (1.0, 1.5))
+    scale = width / 520.0  # blur is specified for the default 650 x 520 images
+    window_low = rng.uniform(0.7, 1.0)
+
+    def uniform(a: float, b: float) -> float:
+        return round(float(rng.uniform(a, b)), 3)
+
     return PhantomParameters(
         projection=projection,
         label=label,
         target_pd=round(target_pd, 3),
         height=height,
         width=width,
-        beta_mask=3.0,
+        aspect=uniform(1.2, 3.2),
         beta_texture=round(float(np.clip(rng.normal(base_beta, 0.23), 2.5, 3.6)), 3),
-        fat_level=round(float(rng.uniform(50.0, 110.0)), 3),
-        dense_contrast=round(float(rng.uniform(40.0, 90.0)), 3),
-        gain=round(float(rng.uniform(0.8, 1.15)), 3),
-        offset=round(float(rng.uniform(-15.0, 15.0)), 3),
-        noise_sigma=round(float(rng.uniform(1.0, 3.0)), 3),
+        fibre_anisotropy=uniform(2.0, 8.0),
+        edge_width=uniform(0.08, 0.20),
+        fat_envelope=uniform(0.03, 0.08),
+        gland_contrast=uniform(0.35, 1.0),
+        ligaments=uniform(0.1, 0.45),
+        fine_texture=uniform(0.0, 0.25),
+        ligament_width=round(float(rng.uniform(0.001, 0.003)), 5),
+        vessels=int(rng.integers(2, 7)),
+        equalisation=uniform(0.0, 0.7),
+        display_curve=str(rng.choice(DISPLAY_CURVES)),
+        window_low=round(float(window_low), 3),
+        window_high=uniform(1.6, 2.4),
+        gamma=uniform(0.6, 2.0),
+        sharpen=0.0 if film else uniform(0.0, 1.5),
+        output_low=uniform(0.15, 0.3),
+        output_high=uniform(0.80, 1.0),
+        blur_sigma=round(max(0.3, uniform(*blur) * scale), 3),
+        resolution=uniform(*resolution),
+        noise_sigma=uniform(0.004, 0.02),
+        film=film,
         outline_seed=int(rng.integers(2**31)),
         texture_seed=int(rng.integers(2**31)),
     )
@@ -266,37 +429,93 @@ class Phantom:
     parameters: PhantomParameters
 
 
+def display(signal: np.ndarray, p: PhantomParameters, rng: np.random.Generator) -> np.ndarray:
+    """Log-signal -> 0-1 display gray: VOI window, display curve, gamma, output range.
+
+    The log-signal is 1 for fat at full thickness and 1 + gland_contrast for
+    glandular tissue, so the window keeps density visible in the brightness (as
+    real processing does, which is why a mean-gray baseline works on real images).
+    """
+    x = np.clip((signal - p.window_low) / (p.window_high - p.window_low), 0.0, 1.0)
+    if p.display_curve == "sigmoid":
+        k = 6.0
+        x = (1 / (1 + np.exp(-k * (x - 0.5))) - 1 / (1 + np.exp(k / 2))) / (
+            1 / (1 + np.exp(-k / 2)) - 1 / (1 + np.exp(k / 2))
+        )
+    elif p.display_curve == "log":
+        x = np.log1p(8.0 * x) / np.log(9.0)
+    if p.film:
+        # Screen-film characteristic curve: toe and shoulder, then film grain.
+        x = 1 / (1 + np.exp(-5.0 * (x - 0.5)))
+        x = (x - x.min()) / (x.max() - x.min() + 1e-6)
+    x = x**p.gamma
+    return p.output_low + (p.output_high - p.output_low) * x
+
+
 def render_phantom(parameters: PhantomParameters) -> Phantom:
-    """Render one phantom image and its masks from its parameters (deterministic)."""
+    """Render one phantom image and its masks from its parameters (deterministic).
+
+    Image formation, as in a mammography system: compressed-breast thickness ->
+    tissue (fat, fibroglandular tissue in a fat envelope, Cooper's ligaments,
+    vessels) -> log-attenuation signal -> peripheral equalisation -> display
+    curve -> detector blur, resolution and noise. The dense mask is the
+    ``target_pd`` % of the breast where glandular tissue is likeliest: exact
+    ground truth of the tissue that makes the image bright.
+    """
     p = parameters
     height, width = p.height, p.width
     outline_rng = np.random.default_rng(p.outline_seed)
     texture_rng = np.random.default_rng(p.texture_seed)
     breast, pectoral, nipple_xy = _outline(p.projection, height, width, outline_rng)
-    dense = _dense_mask(breast, pectoral, nipple_xy, p.target_pd, p.beta_mask, texture_rng)
-
-    # Intensities (gray levels before the global gain/offset).
-    distance = cv2.distanceTransform(breast.astype(np.uint8), cv2.DIST_L2, 3) / width
-    thickness = 0.55 + 0.45 * _smoothstep(distance / texture_rng.uniform(0.04, 0.08))
-    fat = p.fat_level * (1.0 + 0.06 * power_law_noise((height, width), 3.0, texture_rng))
-    softness = max(0.6, 0.004 * width)
-    dense_weight = cv2.GaussianBlur(dense.astype(np.float32), (0, 0), softness)
-    # Dense tissue is not uniform: coarse anatomical texture plus finer grain.
-    coarse = power_law_noise((height, width), p.beta_texture, texture_rng)
-    fine = power_law_noise((height, width), 2.0, texture_rng)
-    texture = np.clip(0.8 * coarse + 0.6 * fine, -3.0, 3.0)
-    tissue = fat + p.dense_contrast * dense_weight * (1.0 + 0.22 * texture)
-    tissue += 0.15 * p.dense_contrast * _curvilinear(breast, nipple_xy, texture_rng)
-    image = thickness * tissue
-    skin = breast & ~cv2.erode(breast.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
-    image[skin] += 0.25 * p.fat_level
-    image = p.gain * image + p.offset
-    image += texture_rng.normal(0.0, p.noise_sigma, size=image.shape)
-    # Soft shoulder above 200 (like a display LUT) instead of hard clipping,
-    # so the brightest dense tissue keeps its texture.
-    image = np.where(image > 200.0, 200.0 + 55.0 * np.tanh((image - 200.0) / 55.0), image)
-    image = np.clip(np.round(image), 1, 255).astype(np.uint8)  # breast never 0
     tissue_region = breast & ~pectoral
+
+    # Compressed breast: full thickness inside, a rounded roll-off under the skin.
+    distance = cv2.distanceTransform(np.pad(breast, 1).astype(np.uint8), cv2.DIST_L2, 3)
+    distance = distance[1:-1, 1:-1] / width
+    roll = np.clip(1.0 - distance / p.edge_width, 0.0, 1.0)
+    thickness = np.sqrt(1.0 - roll * roll)
+
+    # Fibroglandular tissue: where the score is high, inside the fat envelope.
+    fibres = radial_texture(
+        (height, width), nipple_xy, p.beta_texture, p.fibre_anisotropy, p.aspect, texture_rng
+    )
+    score = _glandular_score(breast, nipple_xy, fibres, p, texture_rng)
+    eligible = _fat_envelope(breast, pectoral, p)
+    dense = dense_mask_from_score(score, tissue_region, eligible, p.target_pd)
+    # Glandular fraction: the mask with soft edges, denser deeper inside (higher score);
+    # faint sub-threshold tissue outside. The bright tissue is exactly the mask's.
+    threshold = score[dense].min() if dense.any() else score[tissue_region].max()
+    softness = 0.35 * float(score[tissue_region].std() + 1e-6)
+    depth = 1.0 / (1.0 + np.exp(-np.clip((score - threshold) / softness, -30, 30)))
+    edge = cv2.GaussianBlur(dense.astype(np.float32), (0, 0), 0.01 * width)
+    glandular = edge * (0.75 + 0.25 * depth) + 0.15 * depth * (1.0 - edge) * eligible
+    fine = radial_texture(
+        (height, width), nipple_xy, 2.6, p.fibre_anisotropy, p.aspect, texture_rng
+    )
+    glandular = np.clip(glandular * (0.85 + 0.2 * fine), 0.0, 1.2)
+    ligaments = _ligaments((height, width), p, texture_rng) * (1.0 - 0.7 * glandular)
+    vessels = _vessels(breast, nipple_xy, p, texture_rng)
+
+    # Projection: log-attenuation along the beam, fat = 1 at full thickness.
+    structure = glandular + p.ligaments * ligaments + 0.35 * vessels + p.fine_texture * fine
+    signal = thickness * (1.0 + p.gland_contrast * structure)
+    signal += p.equalisation * (1.0 - thickness)  # peripheral equalisation
+    skin = breast & ~cv2.erode(breast.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
+    signal[skin] += 0.15 * p.gland_contrast
+    gray = display(signal, p, texture_rng).astype(np.float32)
+    if p.sharpen > 0:  # local contrast enhancement of processed digital images
+        gray += p.sharpen * (gray - cv2.GaussianBlur(gray, (0, 0), 0.015 * width))
+
+    # Detector: resolution, blur, noise (film: coarser grain).
+    if p.resolution > 1.05:
+        small = (max(8, int(width / p.resolution)), max(8, int(height / p.resolution)))
+        gray = cv2.resize(cv2.resize(gray, small, interpolation=cv2.INTER_AREA), (width, height))
+    gray = cv2.GaussianBlur(gray, (0, 0), p.blur_sigma)
+    noise = texture_rng.normal(0.0, 1.0, size=gray.shape).astype(np.float32)
+    if p.film:
+        noise = cv2.GaussianBlur(noise, (0, 0), 0.8) * 2.0
+    gray += p.noise_sigma * noise * np.sqrt(np.clip(gray, 0.05, 1.0))  # quantum-like
+    image = np.clip(np.round(255.0 * gray), 1, 255).astype(np.uint8)  # breast never 0
     if pectoral.any():
         # As the reference preprocessing did: pectoral muscle -> mean breast gray.
         image[pectoral] = np.uint8(round(float(image[tissue_region].mean())))

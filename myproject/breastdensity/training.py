@@ -111,6 +111,47 @@ def build_augmentation(seed: int | None = 1) -> keras.Sequential:
     )
 
 
+def photometric_augmentation(images: tf.Tensor, seed: int | None = 1) -> tf.Tensor:
+    """Gray-level augmentation: gamma, contrast, noise and blur, breast pixels only.
+
+    Mammography systems differ in display curve, contrast, sharpness and noise;
+    drawing these per image keeps a model from keying on one system's look.
+    The background (gray 0) stays 0. Acts on (B, H, W, 1) images in [0, 255].
+
+    Args:
+        images: float32 batch (B, H, W, 1), gray levels 0-255.
+        seed: operation seed of the random draws (None: not reproducible).
+
+    Returns:
+        The augmented batch, same shape, in [0, 255].
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    batch = tf.shape(images)[0]
+    breast = tf.cast(images > 0, tf.float32)
+
+    def draw(low, high, offset):
+        return tf.random.uniform(
+            [batch, 1, 1, 1], low, high, seed=None if seed is None else seed + offset
+        )
+
+    x = tf.clip_by_value(images / 255.0, 0.0, 1.0)
+    x = x ** tf.exp(draw(np.log(0.7), np.log(1.4), 1))  # gamma 0.7-1.4
+    area = tf.reduce_sum(breast, axis=(1, 2, 3), keepdims=True) + 1.0
+    mean = tf.reduce_sum(x * breast, axis=(1, 2, 3), keepdims=True) / area
+    x = mean + (x - mean) * draw(0.75, 1.3, 2)  # contrast around the breast mean
+    # Blur: one Gaussian per batch, sigma 0-1.2 px (0: unchanged).
+    sigma = tf.random.uniform([], 0.0, 1.2, seed=None if seed is None else seed + 3)
+    taps = tf.range(-3.0, 4.0)
+    kernel = tf.exp(-0.5 * tf.square(taps / tf.maximum(sigma, 1e-3)))
+    kernel = kernel / tf.reduce_sum(kernel)
+    x = tf.nn.conv2d(x, tf.reshape(kernel, [7, 1, 1, 1]), 1, "SAME")
+    x = tf.nn.conv2d(x, tf.reshape(kernel, [1, 7, 1, 1]), 1, "SAME")
+    noise = tf.random.normal(tf.shape(x), seed=None if seed is None else seed + 4)
+    x = x + noise * draw(0.0, 0.02, 5)  # noise up to 5 gray levels
+    # Keep the breast inside [1, 255] and the background exactly 0.
+    return tf.clip_by_value(255.0 * x, 1.0, 255.0) * breast
+
+
 @dataclass
 class TrainingData:
     train: tf.data.Dataset
@@ -134,10 +175,13 @@ def training_datasets(
     seed: int = 1,
     augment: bool = True,
     cache: bool | None = None,
+    photometric: bool = False,
 ) -> TrainingData:
     """Training (shuffled, augmented, repeated) and validation pipelines of one projection.
 
     Args:
+        augment: the reference's geometric augmentation (training images only).
+        photometric: add ``photometric_augmentation`` after it.
         cache: keep decoded, resized images in memory after the first epoch.
             None (default): only if they take at most ``CACHE_LIMIT_BYTES``.
             On a 2-core machine decoding competes with training for the CPU;
@@ -149,6 +193,13 @@ def training_datasets(
         needed = (len(train_records) + len(validation_records)) * image_size[0] * image_size[1] * 4
         cache = needed <= CACHE_LIMIT_BYTES
 
+    geometric = build_augmentation(seed) if augment else None
+
+    def augmentation(images: tf.Tensor) -> tf.Tensor:
+        if geometric is not None:
+            images = geometric(images, training=True)
+        return photometric_augmentation(images, seed) if photometric else images
+
     def pipeline(records: list[ImageRecord], training: bool) -> tf.data.Dataset:
         return training_dataset(
             [r.path for r in records],
@@ -157,7 +208,7 @@ def training_datasets(
             global_batch_size,
             shuffle=training,
             seed=seed,
-            augment=build_augmentation(seed) if training and augment else None,
+            augment=augmentation if training and (augment or photometric) else None,
             repeat=training,
             cache=cache,
         )

@@ -1,0 +1,144 @@
+"""Measure the shipped models against the goals of issue 14 on fresh phantoms.
+
+    # fresh phantoms: 200 subjects at screening prevalence; 100 subjects (25 per class) for the maps
+    python myproject/Make_Phantoms.py --out runs/eval_screening --subjects 0 0 200 --seed 1414 --prevalence screening
+    python myproject/Make_Phantoms.py --out runs/eval_cam --subjects 0 0 100 --seed 2828
+    python tools/measure_goals.py --models-root myproject --classification runs/eval_screening \\
+        --maps runs/eval_cam --out runs/goals
+
+Classification: stage 2 (``Prediction_ResNet.py``) predicts every projection,
+then the package's metrics give, per subject (four projections averaged),
+accuracy, linear kappa and dense (C + D) vs non-dense accuracy. Maps: Grad-CAM
+of the CC_R model (and the random map as the floor) scored against the true
+dense masks with the evaluation notebook's functions: ROC AUC, pointing game,
+deletion area; and whether the map's maximum lies inside the breast. Writes
+``goals.csv`` and ``map_scores.csv`` to ``--out``. Takes 10-20 minutes on 2
+shared cores at 256 px.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "myproject"))
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from breastdensity.cam import to_image_size  # noqa: E402
+from breastdensity.conventions import (  # noqa: E402
+    DENSE_MASKS,
+    PROJECTIONS,
+    best_checkpoint,
+    dense_mask_path,
+    list_class_images,
+    projection_test_folder,
+)
+from breastdensity.explanation_quality import prepare_image, score_image  # noqa: E402
+from breastdensity.explanations import Explainer  # noqa: E402
+from breastdensity.inference import load_model  # noqa: E402
+from breastdensity.metrics import group_predictions, metrics_table  # noqa: E402
+from breastdensity.predictions import read_predictions  # noqa: E402
+
+GOALS = {
+    "subject accuracy": (">=", 0.90),
+    "subject linear kappa": (">=", 0.85),
+    "subject dense vs non-dense": (">=", 0.95),
+    "Grad-CAM ROC AUC (CC_R)": (">=", 0.75),
+    "Grad-CAM pointing game (CC_R)": (">=", 0.80),
+    "Grad-CAM maxima outside the breast (CC_R)": ("<=", 0.02),
+}
+
+
+def classification(models_root: Path, data: Path, out: Path) -> dict[str, float]:
+    """Subject-level figures of merit of the four models on ``data/TestSet``."""
+    predictions = out / "Prediction"
+    subprocess.run(
+        [sys.executable, str(REPO / "myproject" / "Prediction_ResNet.py"), "--projection", "all",
+         "--models-root", str(models_root), "--test-root", str(data / "TestSet"),
+         "--output-dir", str(predictions)],
+        check=True,
+    )  # fmt: skip
+    tables = {p: read_predictions(predictions, p) for p in PROJECTIONS}
+    groups, _ = group_predictions({p: t for p, t in tables.items() if t is not None})
+    total = metrics_table(groups).loc["total"]
+    return {
+        "subjects": int(total["n"]),
+        "subject accuracy": float(total["accuracy"]),
+        "subject linear kappa": float(total["kappa_linear"]),
+        "subject dense vs non-dense": float(total["dense_accuracy"]),
+    }
+
+
+def maps(models_root: Path, data: Path, out: Path, projection: str = "CC_R") -> dict[str, float]:
+    """Grad-CAM (and random) of one projection's model against the true dense masks."""
+    model = load_model(best_checkpoint(models_root / f"{projection}_model"))
+    explainer = Explainer(model)
+    folder = projection_test_folder(data / "TestSet", projection)
+    rows = []
+    for record in list_class_images(folder, what="test"):
+        mask = dense_mask_path(
+            data / DENSE_MASKS / "TestSet", projection, record.label, record.path.name
+        )
+        image = prepare_image(record, projection, explainer.size, mask)
+        scored, cams = score_image(explainer, image, ["gradcam", "random"])
+        cam = to_image_size(cams["gradcam"], image.original.shape)
+        peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
+        for row in scored:
+            row["maximum_inside_breast"] = bool(image.original[peak] > 0)
+        rows += scored
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "map_scores.csv", index=False)
+    means = table.groupby("method")[["auc", "pointing_game", "deletion_auc"]].mean()
+    gradcam = table[table["method"] == "gradcam"]
+    return {
+        "map images": len(gradcam),
+        "Grad-CAM ROC AUC (CC_R)": means.loc["gradcam", "auc"],
+        "Grad-CAM pointing game (CC_R)": means.loc["gradcam", "pointing_game"],
+        "Grad-CAM deletion area (CC_R)": means.loc["gradcam", "deletion_auc"],
+        "random-map deletion area (CC_R)": means.loc["random", "deletion_auc"],
+        "Grad-CAM maxima outside the breast (CC_R)": float(
+            1 - gradcam["maximum_inside_breast"].mean()
+        ),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--models-root", type=Path, default=REPO / "myproject")
+    parser.add_argument("--classification", type=Path, help="phantoms for subject-level metrics")
+    parser.add_argument(
+        "--maps", type=Path, help="phantoms with DenseMasks/ for the Grad-CAM goals"
+    )
+    parser.add_argument("--out", type=Path, default=Path("runs/goals"))
+    args = parser.parse_args()
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = {}
+    if args.classification:
+        results |= classification(args.models_root, args.classification, args.out)
+    if args.maps:
+        results |= maps(args.models_root, args.maps, args.out)
+    rows = []
+    for name, value in results.items():
+        goal = GOALS.get(name)
+        met = None if goal is None else (value >= goal[1] if goal[0] == ">=" else value <= goal[1])
+        rows.append({"measure": name, "value": round(value, 4), "goal": "" if goal is None else
+                     f"{goal[0]} {goal[1]}", "met": "" if met is None else met})  # fmt: skip
+    if "Grad-CAM deletion area (CC_R)" in results:
+        below = (
+            results["Grad-CAM deletion area (CC_R)"] < results["random-map deletion area (CC_R)"]
+        )
+        rows.append({"measure": "deletion below random", "value": "", "goal": "yes", "met": below})
+    table = pd.DataFrame(rows)
+    table.to_csv(args.out / "goals.csv", index=False)
+    print(table.to_string(index=False))
+
+
+if __name__ == "__main__":
+    main()
