@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import math
 import multiprocessing
-import shutil
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -51,8 +50,15 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from .conventions import CLASSES, DENSE_MASKS, PROJECTIONS, image_file_name, split_dir
-from .files import atomic_write
+from .conventions import (
+    CLASSES,
+    DENSE_MASKS,
+    MIN_IMAGE_SIZE,
+    PROJECTIONS,
+    image_file_name,
+    split_dir,
+)
+from .files import atomic_write, check_writable
 from .preprocessing import read_mask
 
 GENERATOR_VERSION = "2"
@@ -600,6 +606,71 @@ GENERATED_ENTRIES = ("TrainingSet", "ValidationSet", "TestSet", DENSE_MASKS, "ma
 MANIFEST_NAME = "manifest.csv"
 
 
+def files_to_overwrite(out_dir: Path, existing: list[str]) -> list[Path]:
+    """The files ``--overwrite`` may delete: exactly those the generator's manifest lists.
+
+    Args:
+        out_dir: the dataset folder.
+        existing: the entries of ``GENERATED_ENTRIES`` present in it.
+
+    Returns:
+        The listed images and masks that exist, then the manifest itself (last).
+
+    Raises:
+        FileExistsError: without a manifest of the generator, or when the
+            dataset trees hold a file the manifest does not list (the
+            generator did not make it, so it deletes nothing).
+    """
+
+    manifest = out_dir / MANIFEST_NAME
+    nothing = "so nothing is deleted; move them away yourself or choose another --out"
+    if not manifest.is_file():
+        raise FileExistsError(
+            f"{out_dir} holds {', '.join(existing)} but no {MANIFEST_NAME} of Make_Phantoms.py: "
+            f"they were not generated there (or the manifest was lost), {nothing}"
+        )
+    try:
+        table = pd.read_csv(manifest, usecols=["file", "mask", "generator_version"], dtype=str)
+    except (ValueError, pd.errors.ParserError) as error:
+        raise FileExistsError(
+            f"{manifest} is not a manifest of Make_Phantoms.py ({error}), {nothing}"
+        ) from error
+    listed = {out_dir / name for name in (*table["file"], *table["mask"])}
+    present = {
+        path
+        for name in existing
+        if (out_dir / name).is_dir()
+        for path in (out_dir / name).rglob("*")
+        if not path.is_dir()
+    }
+    foreign = sorted(present - listed)
+    if foreign:
+        examples = ", ".join(str(path) for path in foreign[:3])
+        raise FileExistsError(
+            f"{out_dir}: {len(foreign)} file(s) in the dataset folders are not listed in its "
+            f"{MANIFEST_NAME} (e.g. {examples}): Make_Phantoms.py did not write them, {nothing}"
+        )
+    return [*sorted(present & listed), manifest]
+
+
+def delete_files(out_dir: Path, files: list[Path]) -> None:
+    """Delete ``files``, then the folders of ``GENERATED_ENTRIES`` this leaves empty.
+
+    The manifest comes last in ``files``: an interrupted deletion can be
+    completed by running again with --overwrite.
+    """
+    for path in files:
+        path.unlink(missing_ok=True)
+    for name in GENERATED_ENTRIES:
+        top = out_dir / name
+        if top.is_dir():
+            for folder in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            if not any(top.iterdir()):
+                top.rmdir()
+
+
 def _write_subject(task: tuple) -> list[dict]:
     """Worker: render the 4 views of one subject, write images and masks, return manifest rows.
 
@@ -658,29 +729,51 @@ def generate_dataset(
         workers: processes rendering subjects in parallel (1: in this process).
         label_noise: standard deviation (PD points) of the simulated reader's
             error; 0 keeps every PD inside its class band with margins.
-        overwrite: replace a dataset previously generated in out_dir.
+        overwrite: replace a dataset previously generated in out_dir; only the
+            files its manifest lists are deleted (see ``files_to_overwrite``).
         progress: show a progress bar.
 
     Returns:
         The path of the manifest CSV.
+
+    Raises:
+        ValueError: a bad argument (before anything is written).
+        FileExistsError: out_dir holds a dataset and overwrite is False, or
+            holds files the generator cannot prove it wrote.
+        UnwritableError: out_dir cannot be written.
     """
     out_dir = Path(out_dir)
     height, width = int(size[0]), int(size[1])
-    if min(height, width) < 32:
-        raise ValueError(f"image size {height}x{width} is too small (at least 32x32)")
+    if min(height, width) < MIN_IMAGE_SIZE:  # the network could not be trained on them
+        raise ValueError(
+            f"image size {height}x{width} is too small (at least {MIN_IMAGE_SIZE}x{MIN_IMAGE_SIZE})"
+        )
     if prevalence not in PREVALENCE:
         raise ValueError(f"prevalence must be one of {', '.join(PREVALENCE)}")
     if any(n < 0 for n in subjects) or sum(subjects) == 0:
         raise ValueError(f"subjects per split must be >= 0 and not all 0, got {subjects}")
+    if int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a whole number >= 0, got {seed}")
+    if not math.isfinite(label_noise) or label_noise < 0:
+        raise ValueError(f"label_noise must be a finite number >= 0, got {label_noise}")
+    if workers < 1:
+        raise ValueError(f"workers must be at least 1, got {workers}")
+    check_writable(out_dir, "dataset folder")
     existing = [name for name in GENERATED_ENTRIES if (out_dir / name).exists()]
-    if existing and not overwrite:
-        raise FileExistsError(
-            f"{out_dir} already holds {', '.join(existing)}; choose another --out or pass "
-            "--overwrite to replace them"
-        )
-    for name in existing:
-        target = out_dir / name
-        shutil.rmtree(target) if target.is_dir() else target.unlink()
+    if existing:
+        ours = files_to_overwrite(out_dir, existing)
+        if not overwrite:
+            raise FileExistsError(
+                f"{out_dir} already holds a generated dataset: --overwrite would delete the "
+                f"{len(ours) - 1} files listed in its {MANIFEST_NAME} (images and masks), the "
+                "manifest itself and the folders this leaves empty; or choose another --out"
+            )
+        if progress:
+            print(
+                f"deleting the previous dataset: the {len(ours) - 1} files listed in "
+                f"{MANIFEST_NAME} and the manifest itself"
+            )
+        delete_files(out_dir, ours)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     extra = {
