@@ -62,6 +62,9 @@ def run_notebook(name: str, output: Path, parameters: dict) -> None:
         cwd=str(Path.cwd()),
         kernel_name="python3",
         progress_bar=True,  # one bar per notebook: cells done of all
+        # the kernel's start-up warning about its local TCP sockets is noise
+        # here; its errors still show
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],
     )
 
 

@@ -2,7 +2,7 @@ import keras
 import numpy as np
 import pytest
 
-from breastdensity.network import LAST_RESIDUAL_LAYER, OUTPUT_LAYER, build_resnet
+from breastdensity.network import BN_MOMENTUM, LAST_RESIDUAL_LAYER, OUTPUT_LAYER, build_resnet
 
 
 def conv_layers(model):
@@ -24,6 +24,14 @@ def test_no_lambda_layer_and_named_grad_cam_target():
     assert target.output.shape == (None, 4, 4, 256)  # 128 / 32
     # The target feeds the head directly: dropout, pooling, dense.
     assert model.get_layer(OUTPUT_LAYER).activation is keras.activations.softmax
+
+
+@pytest.mark.parametrize("momentum", [None, 0.99])
+def test_every_batch_normalization_gets_the_momentum(momentum):
+    model = build_resnet(64) if momentum is None else build_resnet(64, bn_momentum=momentum)
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    assert len(norms) == 41  # one per convolution
+    assert {layer.momentum for layer in norms} == {momentum or BN_MOMENTUM}
 
 
 @pytest.mark.slow

@@ -1,6 +1,8 @@
 """Notebooks: committed clean, and executed headless on tiny inputs (as papermill users run them)."""
 
 import json
+import sys
+import types
 
 import keras
 import nbformat
@@ -8,13 +10,16 @@ import numpy as np
 import pandas as pd
 import papermill
 import pytest
-from conftest import MYPROJECT, execute_notebook, known_head_network
+from conftest import MYPROJECT, REPO, execute_notebook, known_head_network
 
 from breastdensity.conventions import PROJECTIONS, list_class_images, projection_test_folder
 from breastdensity.explanation_quality import SCORE_COLUMNS
 from breastdensity.network import build_resnet
 from breastdensity.phantoms import generate_dataset
 from breastdensity.predictions import predictions_table, write_predictions
+
+sys.path.insert(0, str(REPO / "tools"))
+import set_repository  # noqa: E402
 
 NOTEBOOKS = sorted(MYPROJECT.glob("*.ipynb"))
 SETUP_CELL = next(
@@ -37,6 +42,34 @@ def test_committed_without_outputs_and_with_one_parameters_cell(path):
     assert code[0].source == SETUP_CELL
     assert code[0].source.endswith("import notebook_setup  # noqa: F401")
     assert set(notebook.metadata) <= {"kernelspec", "language_info"}  # no personal metadata
+
+
+def test_one_repository_named_in_every_notebook_and_set_in_one_step():
+    texts = {path.name: path.read_text() for path in NOTEBOOKS}
+    named = {name: set_repository.repositories(text) for name, text in texts.items()}
+    assert len(set().union(*named.values())) == 1, named  # badge and clone address agree
+    for text in texts.values():
+        renamed = set_repository.set_repository(text, "someone/their-fork")
+        assert set_repository.repositories(renamed) == {"someone/their-fork"}
+        # exactly the badge and the clone address changed, nothing else
+        changed = [
+            new
+            for old, new in zip(text.splitlines(), renamed.splitlines(), strict=True)
+            if old != new
+        ]
+        assert len(changed) == 2 and all("someone/their-fork" in line for line in changed)
+        assert 'endswith(\\"/OWNER/REPO.git\\")' in renamed  # the placeholder check stays
+
+
+def test_colab_setup_cell_stops_on_the_placeholder(tmp_path, monkeypatch):
+    # In Colab, cloning github.com/OWNER/REPO would fail with a login prompt;
+    # the setup cell says what to do instead (before any clone).
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    assert 'REPOSITORY = "https://github.com/OWNER/REPO.git"' in SETUP_CELL  # as shipped
+    with pytest.raises(SystemExit, match="names no repository yet"):
+        exec(compile(SETUP_CELL, "setup cell", "exec"), {})
+    assert not (tmp_path / "repository").exists()
 
 
 @pytest.fixture(scope="module")

@@ -304,6 +304,17 @@ class TestResume:
         saved = json.loads(json.dumps({**settings, "train_images": 9, "tensorflow": "x"}))
         assert Train_ResNet.setting_differences(saved, settings) == {}
 
+    def test_config_of_a_run_before_bn_momentum_was_recorded(self, tmp_path):
+        # Such runs used the reference's 0.99: resuming them with it is no change,
+        # with today's default it is one.
+        arguments = Train_ResNet.parse_arguments(train_args(".", tmp_path))
+        settings = Train_ResNet.resolved_settings(arguments, "CC_R", replicas=1)
+        assert settings["bn_momentum"] == 0.9
+        old = {key: value for key, value in settings.items() if key != "bn_momentum"}
+        assert Train_ResNet.setting_differences(old, settings) == {"bn_momentum": (0.99, 0.9)}
+        reference = {**settings, "bn_momentum": 0.99}
+        assert Train_ResNet.setting_differences(old, reference) == {}
+
     def test_allow_changes_records_both(self, data, tmp_path, small_network):
         folder = self.interrupted(data, tmp_path, learning_rate=0.5)
         status = Train_ResNet.main(
