@@ -19,7 +19,7 @@ import Train_ResNet
 from conftest import execute_notebook, write_png
 
 from breastdensity.cam import write_cam_images
-from breastdensity.conventions import PROJECTIONS, DatasetError, list_class_images
+from breastdensity.conventions import PROJECTIONS, DatasetError, best_checkpoint, list_class_images
 from breastdensity.inference import check_projection_match
 from breastdensity.metrics import group_predictions
 from breastdensity.network import build_resnet
@@ -58,7 +58,7 @@ def models(tmp_path_factory):
     return root
 
 
-def tiny_model(image_size=64, num_classes=4, cardinality=1):
+def tiny_model(image_size=64, num_classes=4, cardinality=1, bn_momentum=0.9):
     """Stands in for build_resnet where only the training loop matters (builds in milliseconds)."""
     inputs = keras.Input((image_size, image_size, 3))
     x = keras.layers.Conv2D(4, 3, strides=4)(inputs)
@@ -326,6 +326,34 @@ class TestResume:
         assert config["changes_on_resume"] == [
             {"setting": "learning_rate", "before": 0.5, "after": 0.01}
         ]
+
+
+class TestWarmStart:
+    @pytest.mark.slow
+    def test_init_from_starts_from_the_best_checkpoint_of_another_run(
+        self, data, tmp_path, small_network, capsys
+    ):
+        first = tmp_path / "first"
+        assert Train_ResNet.main(train_args(data, first, "--optimizer", "adam")) == 0
+        source = best_checkpoint(first / "CC_R_model")
+        # A learning rate of 1e-12 leaves the weights where they started: at the
+        # first run's, not at a new random draw.
+        second = tmp_path / "second"
+        arguments = ["--optimizer", "adam", "--learning-rate", "1e-12", "--seed", "7"]
+        assert Train_ResNet.main(train_args(data, second, *arguments, "--init-from", first)) == 0
+        assert f"weights initialised from {source}" in capsys.readouterr().out
+        started = keras.saving.load_model(source, compile=False).get_weights()
+        ended = keras.saving.load_model(second / "CC_R_model" / "final_weights.keras").get_weights()
+        for before, after in zip(started, ended, strict=True):
+            np.testing.assert_allclose(after, before, atol=1e-6)
+        config = json.loads((second / "CC_R_model" / "training_config.json").read_text())
+        assert config["initialised_from"] == str(first.resolve())
+
+    def test_init_from_a_folder_without_checkpoints_is_a_clear_error(self, data, tmp_path):
+        (tmp_path / "empty" / "CC_R_model").mkdir(parents=True)
+        arguments = train_args(data, tmp_path / "out", "--init-from", tmp_path / "empty")
+        with pytest.raises(SystemExit, match="--init-from: no checkpoint in .*CC_R_model"):
+            Train_ResNet.main(arguments)
 
 
 # ----------------------------------------------------------------------------
