@@ -16,6 +16,8 @@ DOCUMENTS = [
     REPO / "README.md",
     REPO / "benchmarks" / "README.md",
     REPO / "docs" / "how_it_works.md",
+    REPO / "docs" / "results.md",
+    REPO / "docs" / "safety.md",
 ]
 
 
