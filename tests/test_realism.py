@@ -70,11 +70,23 @@ def test_cli_percentiles_auc_and_figures(tmp_path, rng):
         texture = power_law_noise((SIZE, SIZE), 2.0 + 0.1 * index, rng)
         image = breast_image(texture, mean=60 + 10 * index)
         write_png(phantoms / "TestSet" / "CC_R" / "test" / "A" / f"p{index}_A_CC_R.png", image)
-        write_png(phantoms / "DenseMasks" / "TestSet" / "CC_R" / "test" / "A" / f"p{index}_A_CC_R.png",
-                  np.zeros((SIZE, SIZE), np.uint8))  # fmt: skip
+        write_png(
+            phantoms / "DenseMasks" / "TestSet" / "CC_R" / "test" / "A" / f"p{index}_A_CC_R.png",
+            np.zeros((SIZE, SIZE), np.uint8),
+        )
     out = tmp_path / "report"
-    realism.main(["--real", str(real), "--phantoms", f"demo={phantoms}", "--out", str(out),
-                  "--size", str(SIZE)])  # fmt: skip
+    realism.main(
+        [
+            "--real",
+            str(real),
+            "--phantoms",
+            f"demo={phantoms}",
+            "--out",
+            str(out),
+            "--size",
+            str(SIZE),
+        ]
+    )
     features = pd.read_csv(out / "features.csv")
     assert (features["source"] == "real").sum() == 4 and (features["source"] == "demo").sum() == 12
     percentiles = pd.read_csv(out / "percentiles.csv")

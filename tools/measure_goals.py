@@ -60,11 +60,20 @@ def classification(models_root: Path, data: Path, out: Path) -> dict[str, float]
     """Subject-level figures of merit of the four models on ``data/TestSet``."""
     predictions = out / "Prediction"
     subprocess.run(
-        [sys.executable, str(REPO / "myproject" / "Prediction_ResNet.py"), "--projection", "all",
-         "--models-root", str(models_root), "--test-root", str(data / "TestSet"),
-         "--output-dir", str(predictions)],
+        [
+            sys.executable,
+            str(REPO / "myproject" / "Prediction_ResNet.py"),
+            "--projection",
+            "all",
+            "--models-root",
+            str(models_root),
+            "--test-root",
+            str(data / "TestSet"),
+            "--output-dir",
+            str(predictions),
+        ],
         check=True,
-    )  # fmt: skip
+    )
     tables = {p: read_predictions(predictions, p) for p in PROJECTIONS}
     groups, _ = group_predictions({p: t for p, t in tables.items() if t is not None})
     total = metrics_table(groups).loc["total"]
@@ -128,8 +137,14 @@ def main() -> None:
     for name, value in results.items():
         goal = GOALS.get(name)
         met = None if goal is None else (value >= goal[1] if goal[0] == ">=" else value <= goal[1])
-        rows.append({"measure": name, "value": round(value, 4), "goal": "" if goal is None else
-                     f"{goal[0]} {goal[1]}", "met": "" if met is None else met})  # fmt: skip
+        rows.append(
+            {
+                "measure": name,
+                "value": round(value, 4),
+                "goal": "" if goal is None else f"{goal[0]} {goal[1]}",
+                "met": "" if met is None else met,
+            }
+        )
     if "Grad-CAM deletion area (CC_R)" in results:
         below = (
             results["Grad-CAM deletion area (CC_R)"] < results["random-map deletion area (CC_R)"]

@@ -213,9 +213,13 @@ def plot_features(real: pd.DataFrame, sets: dict[str, pd.DataFrame], path: Path)
         jitter = np.linspace(-0.15, 0.15, len(real))
         for position in range(len(names)):
             axis.scatter(
-                position + jitter, real[feature], s=14, color="crimson", zorder=3,
+                position + jitter,
+                real[feature],
+                s=14,
+                color="crimson",
+                zorder=3,
                 label="real (stage 0)" if position == 0 else None,
-            )  # fmt: skip
+            )
         axis.set_xticks(range(len(names)), [f"{n}\nphantoms" for n in names], fontsize=8)
         axis.set_title(FEATURE_TITLES[feature], fontsize=9)
         axis.tick_params(axis="y", labelsize=8)

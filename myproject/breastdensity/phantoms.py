@@ -321,8 +321,13 @@ def _ligaments(shape, p: PhantomParameters, rng: np.random.Generator) -> np.ndar
     warp_x, warp_y = (smooth_noise(shape, 0.05 * width, rng) for _ in range(2))
     amplitude = 0.03 * width
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
-    labels = cv2.remap(labels, cols + amplitude * warp_x, rows + amplitude * warp_y,
-                       cv2.INTER_NEAREST, borderMode=cv2.BORDER_REFLECT)  # fmt: skip
+    labels = cv2.remap(
+        labels,
+        cols + amplitude * warp_x,
+        rows + amplitude * warp_y,
+        cv2.INTER_NEAREST,
+        borderMode=cv2.BORDER_REFLECT,
+    )
     borders = np.zeros(shape, np.float32)
     borders[:, 1:] += labels[:, 1:] != labels[:, :-1]
     borders[1:, :] += labels[1:, :] != labels[:-1, :]
@@ -352,9 +357,15 @@ def _vessels(breast: np.ndarray, nipple_xy, p: PhantomParameters, rng) -> np.nda
         )
         points = start + s * direction + wiggle * normal
         thickness = max(1, int(round(rng.uniform(0.002, 0.004) * width)))
-        cv2.polylines(canvas, [np.round(points * 16).astype(np.int32)], False,
-                      float(rng.uniform(0.5, 1.0)), thickness=thickness,
-                      lineType=cv2.LINE_AA, shift=4)  # fmt: skip
+        cv2.polylines(
+            canvas,
+            [np.round(points * 16).astype(np.int32)],
+            False,
+            float(rng.uniform(0.5, 1.0)),
+            thickness=thickness,
+            lineType=cv2.LINE_AA,
+            shift=4,
+        )
     return cv2.GaussianBlur(canvas, (0, 0), max(0.5, 0.002 * width))
 
 
