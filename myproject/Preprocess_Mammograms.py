@@ -251,9 +251,14 @@ def _png(array: np.ndarray, mask: bool = False) -> bytes:
     return buffer.tobytes()
 
 
-def process_job(task: tuple[dict, dict]) -> dict:
-    """Read, preprocess and encode one image; errors are returned, not raised."""
-    job, settings = task
+def process_job(task: tuple[int, dict, dict]) -> dict:
+    """Read, preprocess, encode and write one image; errors are returned, not raised.
+
+    The PNGs go to ``<staging>/.pending/<number>-<k>.png`` (names no other job
+    uses), so that the encoded megabytes never travel back to the main process;
+    it moves them to their place once it has checked the name is not taken.
+    """
+    number, job, settings = task
     try:
         mammogram = read_mammogram(job["source"], job["hints"])
         result = preprocess(mammogram, settings["pectoral"], settings["max_height"])
@@ -268,13 +273,18 @@ def process_job(task: tuple[dict, dict]) -> dict:
         relative = folder / image_file_name(subject, job["density"], projection)
     else:
         relative = Path(UNLABELLED_FOLDER) / projection / unlabelled_file_name(subject, projection)
-    files = {
+    encoded = {
         relative: _png(quantise(result.image, settings["bits"])),
         stage0_mask_path(relative, "breast"): _png(result.breast_mask.astype(np.uint8) * 255, True),
         stage0_mask_path(relative, "pectoral"): _png(
             result.pectoral_mask.astype(np.uint8) * 255, True
         ),
     }
+    files = {}
+    for k, (target, data) in enumerate(encoded.items()):
+        pending = Path(settings["pending"]) / f"{number}-{k}.png"
+        pending.write_bytes(data)
+        files[target] = pending
     row = {
         "file": relative.as_posix(),
         "breast_mask": stage0_mask_path(relative, "breast").as_posix(),
@@ -366,6 +376,9 @@ def run(args: argparse.Namespace) -> dict:
     staging = out.parent / f".{out.name}.partial-{os.getpid()}"
     out.parent.mkdir(parents=True, exist_ok=True)
     staging.mkdir()
+    pending = staging / ".pending"  # the workers' PNGs before their names are checked
+    pending.mkdir()
+    settings["pending"] = str(pending)
     rows, skipped, thumbnails, written = [], list(problems), [], {}
     # Workers come from a fresh server process ("forkserver"): forking this one,
     # whose OpenCV thread pool may be running, can deadlock. One OpenCV thread
@@ -389,7 +402,7 @@ def run(args: argparse.Namespace) -> dict:
             initargs=(1,),
         )
     try:
-        tasks = [(job, settings) for job in jobs]
+        tasks = [(number, job, settings) for number, job in enumerate(jobs)]
         results = executor.map(process_job, tasks) if executor else map(process_job, tasks)
         for result in results:
             source = str(result["job"]["source"])
@@ -404,17 +417,20 @@ def run(args: argparse.Namespace) -> dict:
                 if not args.skip_bad:
                     raise DatasetError(f"{source}: {reason}\nNothing was written to {out}.")
                 skipped.append((source, reason))
+                for written_file in result["files"].values():
+                    written_file.unlink()
                 continue
             written[name] = source
-            for relative, data in result["files"].items():
+            for relative, written_file in result["files"].items():
                 target = staging / relative
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(data)
+                written_file.replace(target)
             rows.append(result["row"])
             if result["thumbnail"] is not None:
                 thumbnails.append((result["row"], result["thumbnail"]))
         if not rows:
             raise DatasetError(f"no image of {args.input} could be preprocessed")
+        pending.rmdir()  # empty: every file was moved or deleted
         if skipped:
             pd.DataFrame(skipped, columns=["source", "reason"]).to_csv(
                 staging / "skipped.csv", index=False
