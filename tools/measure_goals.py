@@ -153,6 +153,16 @@ def main() -> None:
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "goals.csv", index=False)
     print(table.to_string(index=False))
+    if args.maps:
+        # Grad-CAM explains the predicted class: for A and B that is fat, for C
+        # and D dense tissue; the mean over all images mixes the two.
+        scores = pd.read_csv(args.out / "map_scores.csv")
+        gradcam = scores[scores["method"] == "gradcam"]
+        by_class = gradcam.groupby("predicted_label").agg(
+            images=("auc", "size"), auc=("auc", "mean"), pointing_game=("pointing_game", "mean")
+        )
+        print("\nGrad-CAM (CC_R) against the dense masks, by predicted class:")
+        print(by_class.round(3).to_string())
 
 
 if __name__ == "__main__":
