@@ -1,5 +1,6 @@
 """The shipped example: models, TestSet and results, and the main job that regenerates them."""
 
+import json
 import os
 import shutil
 
@@ -24,7 +25,9 @@ def test_shipped_model_is_small_loadable_and_documented(projection):
     assert model_file.stat().st_size <= 12 * 1024 * 1024
     model = keras.saving.load_model(model_file)
     assert getattr(model, "optimizer", None) is None  # saved without optimizer state
-    assert model.input_shape == (None, 128, 128, 3)
+    # 256 px (issue 14: 8 x 8 maps), as its training_config.json says
+    config = json.loads((folder / "training_config.json").read_text())
+    assert model.input_shape == (None, 256, 256, 3) == (None, *config["image_size"], 3)
     for name in [
         "loss_train.txt",
         "acc_train.txt",
