@@ -44,6 +44,21 @@ def corner_model(weight: float = 4.0):
     return keras.Model(inputs, keras.layers.Softmax()(logits))
 
 
+def untrained_model_set(root: Path, size: int = 64) -> Path:
+    """``root/<PROJ>_model/final_weights.keras``: one seeded, untrained ResNet saved for every projection."""
+    import keras
+
+    from breastdensity.conventions import PROJECTIONS
+    from breastdensity.network import build_resnet
+
+    keras.utils.set_random_seed(0)
+    model = build_resnet(size)
+    for projection in PROJECTIONS:
+        (root / f"{projection}_model").mkdir(parents=True)
+        model.save(root / f"{projection}_model" / "final_weights.keras")
+    return root
+
+
 def known_head_network(size: int, seed: int = 3):
     """The real architecture, seeded random weights, and a classification head with known answers.
 

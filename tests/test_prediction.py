@@ -7,9 +7,9 @@ import numpy as np
 import pandas as pd
 import Prediction_ResNet
 import pytest
+from conftest import untrained_model_set
 
-from breastdensity.conventions import PROJECTIONS, list_class_images, projection_test_folder
-from breastdensity.network import build_resnet
+from breastdensity.conventions import list_class_images, projection_test_folder
 from breastdensity.phantoms import generate_dataset
 from breastdensity.preprocessing import load_image
 
@@ -19,11 +19,7 @@ def example(tmp_path_factory):
     """A phantom TestSet (3 subjects per class) and an untrained 64 px model per projection."""
     root = tmp_path_factory.mktemp("predict")
     generate_dataset(root / "data", (0, 0, 12), (80, 64), seed=8)
-    keras.utils.set_random_seed(0)
-    model = build_resnet(64)
-    for projection in PROJECTIONS:
-        (root / "models" / f"{projection}_model").mkdir(parents=True)
-        model.save(root / "models" / f"{projection}_model" / "final_weights.keras")
+    untrained_model_set(root / "models")
     return root
 
 

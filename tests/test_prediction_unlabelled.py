@@ -2,17 +2,15 @@
 
 import shutil
 
-import keras
 import numpy as np
 import pandas as pd
 import Prediction_ResNet
 import Preprocess_Mammograms
 import pytest
-from conftest import MYPROJECT
+from conftest import MYPROJECT, untrained_model_set
 
 from breastdensity.conventions import PROJECTIONS, list_unlabelled_images
 from breastdensity.metrics import group_predictions, metrics_table
-from breastdensity.network import build_resnet
 from breastdensity.predictions import read_predictions
 
 
@@ -33,11 +31,7 @@ def unlabelled(tmp_path_factory):
         )
         == 0
     )
-    keras.utils.set_random_seed(0)
-    model = build_resnet(64)
-    for projection in PROJECTIONS:
-        (root / "models" / f"{projection}_model").mkdir(parents=True)
-        model.save(root / "models" / f"{projection}_model" / "final_weights.keras")
+    untrained_model_set(root / "models")
     return root
 
 

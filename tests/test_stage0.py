@@ -185,6 +185,12 @@ def test_real_pngs_unlabelled_come_out_in_the_reference_orientation(tmp_path):
         assert row.pectoral_found == (view == "MLO")
 
 
+def _all_to_test_split(source: Path, out: Path) -> int:
+    """Stage 0 on a labelled folder tree, every image into the test split."""
+    arguments = ["--input", str(source), "--out", str(out), "--labels", "folder"]
+    return Preprocess_Mammograms.main([*arguments, "--split", "0", "0", "1"])
+
+
 def test_shipped_testset_goes_through_unchanged(tmp_path):
     """Idempotence: images already in the reference form keep orientation and content."""
     source = tmp_path / "TestSet"
@@ -194,23 +200,7 @@ def test_shipped_testset_goes_through_unchanged(tmp_path):
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy(path, target)
     out = tmp_path / "out"
-    assert (
-        Preprocess_Mammograms.main(
-            [
-                "--input",
-                str(source),
-                "--out",
-                str(out),
-                "--labels",
-                "folder",
-                "--split",
-                "0",
-                "0",
-                "1",
-            ]
-        )
-        == 0
-    )
+    assert _all_to_test_split(source, out) == 0
     manifest = pd.read_csv(out / "manifest.csv", dtype={"subject": str})
     assert len(manifest) == 8 and (manifest["split"] == "test").all()
     assert not manifest["mirrored"].any() and not manifest["pectoral_found"].any()
@@ -226,23 +216,7 @@ def test_shipped_testset_goes_through_unchanged(tmp_path):
         assert row.file.startswith(f"TestSet/{row.projection}/test/{name.label}/")
     # and once more: a fixed point
     again = tmp_path / "again"
-    assert (
-        Preprocess_Mammograms.main(
-            [
-                "--input",
-                str(out / "TestSet"),
-                "--out",
-                str(again),
-                "--labels",
-                "folder",
-                "--split",
-                "0",
-                "0",
-                "1",
-            ]
-        )
-        == 0
-    )
+    assert _all_to_test_split(out / "TestSet", again) == 0
     for row in manifest.itertuples():
         np.testing.assert_array_equal(
             cv2.imread(str(again / row.file), cv2.IMREAD_UNCHANGED),
