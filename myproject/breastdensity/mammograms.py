@@ -543,14 +543,17 @@ def find_pectoral(image: np.ndarray, breast: np.ndarray) -> np.ndarray:
         np.linspace(0.15 * width, width - 2, 32), np.linspace(0.08 * height, 0.9 * height, 32)
     )
     x_tops, y_walls = x_tops.ravel()[:, None], y_walls.ravel()[:, None]
-    line = x_tops + (width - 1 - x_tops) * rows[None, :] / y_walls  # (candidates, rows)
+    # Scored on every 4th row (of at most WORKING_HEIGHT): the sum over a
+    # straight line changes little, and it is 4x faster.
+    scored = rows[:: max(1, height // 128)][None, :]
+    line = x_tops + (width - 1 - x_tops) * scored / y_walls  # (candidates, scored rows)
     position = np.clip(np.round(line).astype(np.int64), 0, width)
     below = np.clip(position - band, 0, width)
     above = np.clip(position + band, 0, width)
-    steps = _row_means(cumulative, counts, rows[None, :], position, above) - _row_means(
-        cumulative, counts, rows[None, :], below, position
+    steps = _row_means(cumulative, counts, scored, position, above) - _row_means(
+        cumulative, counts, scored, below, position
     )
-    steps = np.where(rows[None, :] < y_walls, np.nan_to_num(steps), 0.0)
+    steps = np.where(scored < y_walls, np.nan_to_num(steps), 0.0)
     best = int(np.argmax(steps.sum(axis=1)))
     x_top, y_wall = float(x_tops[best, 0]), float(y_walls[best, 0])
 
@@ -668,14 +671,6 @@ def preprocess(
         if factor > 1:  # OpenCV's fast path for whole factors first
             image = shrink(image, factor)
         image = cv2.resize(np.ascontiguousarray(image), size, interpolation=cv2.INTER_AREA)
-    if crop_small.shape[::-1] == size:
-        breast = crop_small.copy()
-    else:
-        # area-averaged, so that ragged skin pixels do not become specks (as
-        # 0/255 bytes: a float mask costs 1.6x more at full resolution)
-        breast = _resize_mask(crop_small, size, cv2.INTER_AREA)
-        if size[1] < crop_small.shape[0]:  # shrinking can leave specks; enlarging cannot
-            breast = _largest_component(breast)
     on_right = chest_wall_on_right(crop_small)
     laterality, laterality_source = mammogram.laterality, mammogram.laterality_source
     if laterality is None:
@@ -684,25 +679,41 @@ def preprocess(
         laterality, laterality_source = ("R" if on_right else "L"), "image half (guess)"
     mirrored = on_right != (laterality == "R")
 
-    # Display window from the breast itself when the file gave none; a new
-    # array either way (the crop is a view of the decoded image).
+    # Display window from the breast itself when the file gave none.
+    window = None
     if not mammogram.windowed:
         inside = small[rows[0] : rows[-1] + 1, columns[0] : columns[-1] + 1][crop_small]
         low, high = np.percentile(inside, [0.5, 99.8])
         if mammogram.value_range is not None:  # back to stored values: one pass over the crop
             start, stop = mammogram.value_range
             low, high = start + low * (stop - start), start + high * (stop - start)
-        image = _to_display(image, (low, high if high != low else low + 1e-6))
-        np.clip(image, 0.0, 1.0, out=image)
-    else:
-        image = image.astype(np.float32, copy=True)
+        window = (low, high if high != low else low + 1e-6)
     if mirrored:
-        image, breast, crop_small = cv2.flip(image, 1), breast[:, ::-1], crop_small[:, ::-1]
-        breast = np.ascontiguousarray(breast)
+        # Before the display window: flipping the stored integers is 6x faster
+        # than flipping the float image; the small mask is flipped before it
+        # is enlarged (no full-resolution mask flip).
+        image, crop_small = cv2.flip(image, 1), np.ascontiguousarray(crop_small[:, ::-1])
+    if window is not None:
+        image = _to_display(image, window)  # a new array
+    elif not mirrored:  # a new array either way: the crop is a view of the decoded image
+        image = image.astype(np.float32, copy=True)
+    # The breast is never 0 (0 is background, the reference's convention).
+    np.clip(image, np.float32(1.0 / 255.0), np.float32(1.0), out=image)
+
+    if crop_small.shape[::-1] == size:
+        breast = crop_small.copy()
+    else:
+        # area-averaged, so that ragged skin pixels do not become specks (as
+        # 0/255 bytes: a float mask costs 1.6x more at full resolution)
+        breast = _resize_mask(crop_small, size, cv2.INTER_AREA)
+        if size[1] < crop_small.shape[0]:  # shrinking can leave specks; enlarging cannot
+            breast = _largest_component(breast)
 
     pectoral_mask = np.zeros_like(breast)
     if mammogram.view == "MLO":
-        small_image = cv2.resize(image, crop_small.shape[::-1], interpolation=cv2.INTER_AREA)
+        # (a whole-factor shrink first: OpenCV's fast path)
+        small_image = shrink(image, max(1, image.shape[0] // crop_small.shape[0]))
+        small_image = cv2.resize(small_image, crop_small.shape[::-1], interpolation=cv2.INTER_AREA)
         canonical = laterality == "L"  # search with the chest wall on the right
         found = find_pectoral(
             small_image[:, ::-1] if canonical else small_image,
@@ -711,11 +722,18 @@ def preprocess(
         found = found[:, ::-1] if canonical else found
         if found.any():
             pectoral_mask = _resize_mask(found, breast.shape[::-1], cv2.INTER_LINEAR) & breast
-    # background exactly 0, breast never 0 (the reference's convention)
-    np.maximum(image, np.float32(1.0 / 255.0), out=image)
-    np.multiply(image, breast, out=image)  # one pass each, no boolean indexing
-    if pectoral == "mean" and pectoral_mask.any():
-        image[pectoral_mask] = float(image[breast & ~pectoral_mask].mean())
+    # background exactly 0 (one pass, no boolean indexing: 10x faster)
+    np.multiply(image, breast, out=image)
+    breast_area = cv2.countNonZero(breast.view(np.uint8))
+    has_pectoral = bool(pectoral_mask.any())
+    if pectoral == "mean" and has_pectoral:
+        # Mean of the breast without the muscle = (sum over the breast - sum
+        # over the muscle) / count; the muscle's sums only in its bounding box.
+        x, y, w, h = cv2.boundingRect(pectoral_mask.view(np.uint8))
+        box, muscle = image[y : y + h, x : x + w], pectoral_mask[y : y + h, x : x + w]
+        muscle_sum = float(box[muscle].sum(dtype=np.float64))
+        rest = breast_area - cv2.countNonZero(muscle.view(np.uint8))
+        box[muscle] = (cv2.sumElems(image)[0] - muscle_sum) / max(rest, 1)
     decisions = {
         "laterality": laterality,
         "laterality_source": laterality_source,
@@ -728,9 +746,9 @@ def preprocess(
         "fov_flip_undone": mammogram.fov_flipped,
         "upside_down_fixed": mammogram.upside_down,
         "mirrored": mirrored,
-        "pectoral_found": bool(pectoral_mask.any()),
-        "pectoral": pectoral if pectoral_mask.any() else "",
-        "breast_area_px": int(breast.sum()),
+        "pectoral_found": has_pectoral,
+        "pectoral": pectoral if has_pectoral else "",
+        "breast_area_px": breast_area,
         "height": image.shape[0],
         "width": image.shape[1],
     }
