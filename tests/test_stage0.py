@@ -76,6 +76,16 @@ def test_breast_and_pectoral_dice_and_orientation_on_raw_phantoms(raw_results):
         assert (right > left) == raw.projection.endswith("_R"), raw.name
 
 
+def test_output_background_zero_breast_nonzero_and_muscle_filled_with_the_mean(raw_results):
+    for raw, result in raw_results:
+        image, breast, muscle = result.image, result.breast_mask, result.pectoral_mask
+        assert result.decisions["breast_area_px"] == breast.sum(), raw.name
+        assert not image[~breast].any(), raw.name  # background exactly 0
+        assert image[breast].min() >= 1.0 / 255.0 - 1e-7 and image.max() <= 1.0, raw.name
+        if muscle.any():  # one gray: the mean of the rest of the breast
+            np.testing.assert_allclose(image[muscle], image[breast & ~muscle].mean(), rtol=1e-5)
+
+
 @pytest.mark.parametrize("seed, index", [(2, 10), (3, 20), (0, 14)])
 def test_fatty_breast_whose_fat_outnumbers_the_background_is_found_whole(seed, index, tmp_path):
     # Large areas of mid-gray fat once became the "background" level, and the
