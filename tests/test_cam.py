@@ -2,12 +2,14 @@
 
 import numpy as np
 import pytest
+import tensorflow as tf
 from conftest import known_head_network
 from tf_keras_vis.gradcam import Gradcam
 from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 from tf_keras_vis.utils.scores import CategoricalScore
 
 from breastdensity.cam import (
+    DENSITY_WEIGHTS,
     GradCam,
     active_region,
     cam_file_names,
@@ -19,7 +21,7 @@ from breastdensity.cam import (
     to_image_size,
     viewable,
 )
-from breastdensity.network import LAST_RESIDUAL_LAYER
+from breastdensity.network import DENSITY_MAP_LAYER, LAST_RESIDUAL_LAYER
 
 
 def quadrant_images(rng, labels, size=96):
@@ -61,6 +63,32 @@ def test_equals_tf_keras_vis_gradcam(model, rng):
     np.testing.assert_array_equal(predicted, model.predict(images, verbose=0).argmax(axis=1))
     # the model itself keeps its softmax
     np.testing.assert_allclose(model.predict(images, verbose=0).sum(axis=1), 1, atol=1e-5)
+
+
+def test_density_map_equals_tf_keras_vis_gradcam_of_the_weighted_score(model, rng):
+    images = quadrant_images(rng, [0, 2, 3])
+    ours = GradCam(model, DENSITY_MAP_LAYER)(images, weights=DENSITY_WEIGHTS)
+    theirs = Gradcam(model, model_modifier=ReplaceToLinear(), clone=True)(
+        lambda scores: tf.reduce_sum(scores * DENSITY_WEIGHTS, axis=-1),
+        images,
+        penultimate_layer=DENSITY_MAP_LAYER,
+        seek_penultimate_conv_layer=False,
+    )
+    assert ours.maps.shape == theirs.shape == (3, 96, 96)
+    assert np.abs(ours.maps - theirs).max() <= 1e-4
+    assert (
+        model.get_layer(DENSITY_MAP_LAYER).output.shape[1]
+        == 2 * (model.get_layer(LAST_RESIDUAL_LAYER).output.shape[1])
+    )  # twice as fine
+    # one-hot weights are the class map; classes and weights together are refused
+    grad_cam = GradCam(model)
+    np.testing.assert_allclose(
+        grad_cam(images, weights=np.eye(4, dtype="float32")[[0, 2, 3]]).maps,
+        grad_cam(images, [0, 2, 3]).maps,
+        atol=1e-5,
+    )
+    with pytest.raises(ValueError, match="not both"):
+        grad_cam(images, [0, 0, 0], weights=DENSITY_WEIGHTS)
 
 
 def test_an_empty_map_is_flagged_and_all_zero_not_nan(model, rng):

@@ -67,6 +67,12 @@ def test_fidelity_curves_on_a_toy_model():
     worse = fidelity_curves(model, gray, bad, region, target=1, steps=8)
     assert curves.deletion_auc < worse.deletion_auc
     assert curves.insertion_auc > worse.insertion_auc
+    # class values instead of a class: their expectation is tracked (the density
+    # score); values (0, 1) give class 1's probability, (0.5, 0.5) a constant
+    expected = fidelity_curves(model, gray, good, region, target=[0.0, 1.0], steps=8)
+    np.testing.assert_allclose(expected.deletion, curves.deletion, atol=1e-6)
+    flat = fidelity_curves(model, gray, good, region, target=[0.5, 0.5], steps=8)
+    np.testing.assert_allclose(flat.deletion, 0.5, atol=1e-6)
 
 
 def test_rank_correlation():

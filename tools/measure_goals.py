@@ -8,12 +8,15 @@
 
 Classification: stage 2 (``Prediction_ResNet.py``) predicts every projection,
 then the package's metrics give, per subject (four projections averaged),
-accuracy, linear kappa and dense (C + D) vs non-dense accuracy. Maps: Grad-CAM
-of the CC_R model (and the random map as the floor) scored against the true
-dense masks with the evaluation notebook's functions: ROC AUC, pointing game,
-deletion area; and whether the map's maximum lies inside the breast. Writes
-``goals.csv`` and ``map_scores.csv`` to ``--out``. Takes 10-20 minutes on 2
-shared cores at 256 px.
+accuracy, linear kappa and dense (C + D) vs non-dense accuracy. Maps of the
+CC_R model, each with the random map as the floor, scored against the true
+dense masks with the evaluation notebook's functions (ROC AUC, pointing game,
+deletion area, whether the map's maximum lies inside the breast): Grad-CAM of
+the predicted class on the last residual module (the reference's map; its
+deletion tracks the class probability) and the density map (Grad-CAM of the
+ordinal density score one stage earlier, ``breastdensity.cam``; its deletion
+tracks the expected density). Writes ``goals.csv`` and ``map_scores.csv`` to
+``--out``. Takes 10-20 minutes on 2 shared cores at 256 px.
 """
 
 from __future__ import annotations
@@ -40,20 +43,29 @@ from breastdensity.conventions import (  # noqa: E402
     list_class_images,
     projection_test_folder,
 )
-from breastdensity.explanation_quality import prepare_image, score_image  # noqa: E402
+from breastdensity.explanation_quality import (  # noqa: E402
+    DENSITY_SCORE_VALUES,
+    fidelity_curves,
+    prepare_image,
+    score_image,
+)
 from breastdensity.explanations import Explainer  # noqa: E402
 from breastdensity.inference import load_model  # noqa: E402
 from breastdensity.metrics import group_predictions, metrics_table  # noqa: E402
 from breastdensity.predictions import read_predictions  # noqa: E402
 
+MAPS = {"gradcam": "Grad-CAM", "density_gradcam": "density map"}
 GOALS = {
     "subject accuracy": (">=", 0.90),
     "subject linear kappa": (">=", 0.85),
     "subject dense vs non-dense": (">=", 0.95),
-    "Grad-CAM ROC AUC (CC_R)": (">=", 0.75),
-    "Grad-CAM pointing game (CC_R)": (">=", 0.80),
-    "Grad-CAM maxima outside the breast (CC_R)": ("<=", 0.02),
 }
+for _name in MAPS.values():
+    GOALS |= {
+        f"{_name} ROC AUC (CC_R)": (">=", 0.75),
+        f"{_name} pointing game (CC_R)": (">=", 0.80),
+        f"{_name} maxima outside the breast (CC_R)": ("<=", 0.02),
+    }
 
 
 def classification(models_root: Path, data: Path, out: Path) -> dict[str, float]:
@@ -86,7 +98,7 @@ def classification(models_root: Path, data: Path, out: Path) -> dict[str, float]
 
 
 def maps(models_root: Path, data: Path, out: Path, projection: str = "CC_R") -> dict[str, float]:
-    """Grad-CAM (and random) of one projection's model against the true dense masks."""
+    """Grad-CAM, the density map (and random) of one projection's model against the true masks."""
     model = load_model(best_checkpoint(models_root / f"{projection}_model"))
     explainer = Explainer(model)
     folder = projection_test_folder(data / "TestSet", projection)
@@ -96,26 +108,47 @@ def maps(models_root: Path, data: Path, out: Path, projection: str = "CC_R") -> 
             data / DENSE_MASKS / "TestSet", projection, record.label, record.path.name
         )
         image = prepare_image(record, projection, explainer.size, mask)
-        scored, cams = score_image(explainer, image, ["gradcam", "random"])
-        cam = to_image_size(cams["gradcam"], image.original.shape)
-        peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
+        scored, cams = score_image(explainer, image, [*MAPS, "random"])
         for row in scored:
-            row["maximum_inside_breast"] = bool(image.original[peak] > 0)
+            if row["method"] in MAPS:
+                cam = to_image_size(cams[row["method"]], image.original.shape)
+                peak = np.unravel_index(int(np.argmax(cam)), cam.shape)
+                row["maximum_inside_breast"] = bool(image.original[peak] > 0)
+        # the random map's deletion under the density score too: the density map's floor
+        random_row = next(row for row in scored if row["method"] == "random")
+        curves = fidelity_curves(
+            model, image.resized, cams["random"], image.network_region, DENSITY_SCORE_VALUES
+        )
+        scored.append(
+            random_row
+            | {
+                "fidelity_of": "density score",
+                "deletion_auc": curves.deletion_auc,
+                "insertion_auc": curves.insertion_auc,
+            }
+        )
         rows += scored
     table = pd.DataFrame(rows)
     table.to_csv(out / "map_scores.csv", index=False)
-    means = table.groupby("method")[["auc", "pointing_game", "deletion_auc"]].mean()
-    gradcam = table[table["method"] == "gradcam"]
-    return {
-        "map images": len(gradcam),
-        "Grad-CAM ROC AUC (CC_R)": means.loc["gradcam", "auc"],
-        "Grad-CAM pointing game (CC_R)": means.loc["gradcam", "pointing_game"],
-        "Grad-CAM deletion area (CC_R)": means.loc["gradcam", "deletion_auc"],
-        "random-map deletion area (CC_R)": means.loc["random", "deletion_auc"],
-        "Grad-CAM maxima outside the breast (CC_R)": float(
-            1 - gradcam["maximum_inside_breast"].mean()
-        ),
-    }
+    means = table.groupby(["method", "fidelity_of"])[
+        ["auc", "pointing_game", "deletion_auc"]
+    ].mean()
+    results = {"map images": len(table[table["method"] == "gradcam"])}
+    for method, name in MAPS.items():
+        fidelity = "density score" if method == "density_gradcam" else "class"
+        scores = table[table["method"] == method]
+        results |= {
+            f"{name} ROC AUC (CC_R)": means.loc[(method, fidelity), "auc"],
+            f"{name} pointing game (CC_R)": means.loc[(method, fidelity), "pointing_game"],
+            f"{name} deletion area (CC_R)": means.loc[(method, fidelity), "deletion_auc"],
+            f"random-map deletion area, {fidelity} (CC_R)": means.loc[
+                ("random", fidelity), "deletion_auc"
+            ],
+            f"{name} maxima outside the breast (CC_R)": float(
+                1 - scores["maximum_inside_breast"].mean()
+            ),
+        }
+    return results
 
 
 def main() -> None:
@@ -145,23 +178,33 @@ def main() -> None:
                 "met": "" if met is None else met,
             }
         )
-    if "Grad-CAM deletion area (CC_R)" in results:
-        below = (
-            results["Grad-CAM deletion area (CC_R)"] < results["random-map deletion area (CC_R)"]
-        )
-        rows.append({"measure": "deletion below random", "value": "", "goal": "yes", "met": below})
+    for method, name in MAPS.items():
+        fidelity = "density score" if method == "density_gradcam" else "class"
+        if f"{name} deletion area (CC_R)" in results:
+            below = (
+                results[f"{name} deletion area (CC_R)"]
+                < results[f"random-map deletion area, {fidelity} (CC_R)"]
+            )
+            rows.append(
+                {
+                    "measure": f"{name} deletion below random",
+                    "value": "",
+                    "goal": "yes",
+                    "met": below,
+                }
+            )
     table = pd.DataFrame(rows)
     table.to_csv(args.out / "goals.csv", index=False)
     print(table.to_string(index=False))
     if args.maps:
         # Grad-CAM explains the predicted class: for A and B that is fat, for C
-        # and D dense tissue; the mean over all images mixes the two.
+        # and D dense tissue; the density map asks "what looks dense" of every image.
         scores = pd.read_csv(args.out / "map_scores.csv")
-        gradcam = scores[scores["method"] == "gradcam"]
-        by_class = gradcam.groupby("predicted_label").agg(
-            images=("auc", "size"), auc=("auc", "mean"), pointing_game=("pointing_game", "mean")
+        scores = scores[scores["method"].isin(list(MAPS))]
+        by_class = scores.pivot_table(
+            index="predicted_label", columns="method", values=["auc", "pointing_game"]
         )
-        print("\nGrad-CAM (CC_R) against the dense masks, by predicted class:")
+        print("\nMaps (CC_R) against the dense masks, by predicted class:")
         print(by_class.round(3).to_string())
 
 

@@ -19,6 +19,15 @@ once for a model and then maps a batch per call; a test checks it equals
 tf-keras-vis' ``Gradcam`` (which rebuilds a model at every call and runs
 eagerly, about 4x slower here). ClassActivationMaps.ipynb writes the same
 computation out in a few eager lines and checks it against this one.
+
+The density map. A class's map answers "what argues for *this* class": for a
+fatty breast (A) that is the fat, so class maps of A and B sit on fat and
+cannot be checked against the dense tissue. The density map explains the
+*ordinal density score* instead, the class scores weighted by their rank
+(``DENSITY_WEIGHTS``: -1.5 A, -0.5 B, +0.5 C, +1.5 D), i.e. "what makes this
+breast look denser", the same question for every image; it is taken one stage
+earlier (``network.DENSITY_MAP_LAYER``, H/16 x W/16), where the maps are twice
+as fine. ``GradCam(model, DENSITY_MAP_LAYER)(images, weights=DENSITY_WEIGHTS)``.
 """
 
 from __future__ import annotations
@@ -38,6 +47,8 @@ from .conventions import CLASSES
 from .network import LAST_RESIDUAL_LAYER
 
 EPSILON = 1e-7  # keras.backend.epsilon(), as tf-keras-vis' normalisation uses
+# Class weights of the ordinal density score (centred ranks of A, B, C, D).
+DENSITY_WEIGHTS = np.array([-1.5, -0.5, 0.5, 1.5], np.float32)
 
 
 def linear_copy(model: keras.Model) -> keras.Model:
@@ -80,11 +91,15 @@ class GradCam:
         images: (B, H, W, 3) float32, preprocessed by ``breastdensity.preprocessing``.
         classes: (B,) class indices to explain; None explains the predicted class.
         expand: resize the maps to the input size (else the raw h x w maps).
+        weights: (4,) or (B, 4) class weights: explain the weighted sum of the
+            class scores instead of one class (``DENSITY_WEIGHTS``: the density
+            map); not together with ``classes``.
 
     Returns:
         CamResult with ``maps`` (B, H, W) in [0, 1] (all zero and ``valid``
-        False when the gradients vanish), the explained classes and the
-        model's probabilities. The model itself is not modified.
+        False when the gradients vanish), the explained classes (the predicted
+        ones when ``weights`` is given) and the model's probabilities. The
+        model itself is not modified.
     """
 
     def __init__(self, model: keras.Model, layer_name: str = LAST_RESIDUAL_LAYER):
@@ -96,29 +111,42 @@ class GradCam:
         )
 
         @tf.function(reduce_retracing=True)
-        def compute(images, classes):
+        def compute(images, classes, weights):
             with tf.GradientTape() as tape:
                 features, scores = self._model(images, training=False)
                 scores = tf.cast(scores, tf.float32)  # float32 even under mixed precision
                 chosen = tf.where(
                     classes < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), classes
                 )
-                target = tf.gather(scores, chosen, batch_dims=1)
+                # one class (one-hot weights) or a weighted sum of the class scores
+                weights = tf.where(
+                    tf.reduce_any(tf.math.is_nan(weights), axis=-1, keepdims=True),
+                    tf.one_hot(chosen, tf.shape(scores)[-1]),
+                    weights,
+                )
+                target = tf.reduce_sum(scores * weights, axis=-1)
             gradients = tf.cast(tape.gradient(target, features), tf.float32)
             features = tf.cast(features, tf.float32)
-            weights = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)  # alpha_k^c
-            cams = tf.nn.relu(tf.reduce_sum(features * weights, axis=-1))  # (B, h, w)
+            alphas = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)  # alpha_k^c
+            cams = tf.nn.relu(tf.reduce_sum(features * alphas, axis=-1))  # (B, h, w)
             return cams, chosen, tf.nn.softmax(scores)
 
         self._compute = compute
 
-    def __call__(self, images, classes=None, expand: bool = True) -> CamResult:
+    def __call__(self, images, classes=None, expand: bool = True, weights=None) -> CamResult:
         images = tf.convert_to_tensor(images, tf.float32)
         batch = int(images.shape[0])
+        if classes is not None and weights is not None:
+            raise ValueError("give classes or weights, not both")
         if classes is None:
             classes = np.full(batch, -1, np.int32)  # -1: the predicted class
         classes = tf.convert_to_tensor(np.asarray(classes, np.int32).reshape(batch))
-        raw, chosen, probabilities = (t.numpy() for t in self._compute(images, classes))
+        if weights is None:
+            weights = np.full((batch, len(CLASSES)), np.nan, np.float32)  # NaN: one class
+        weights = np.broadcast_to(np.asarray(weights, np.float32), (batch, len(CLASSES)))
+        raw, chosen, probabilities = (
+            t.numpy() for t in self._compute(images, classes, tf.convert_to_tensor(weights))
+        )
         finite = np.isfinite(raw).all(axis=(1, 2))
         valid = finite & (np.nan_to_num(raw).max(axis=(1, 2)) > EPSILON)
         raw = np.where(np.isfinite(raw), raw, 0.0)

@@ -146,6 +146,11 @@ class FidelityCurves:
     insertion_auc: float  # higher is better
 
 
+# Class values whose expectation is the density score the density map's
+# deletion and insertion curves track: 0 for A ... 1 for D.
+DENSITY_SCORE_VALUES = np.linspace(0.0, 1.0, 4, dtype=np.float32)
+
+
 def fidelity_curves(model, gray, cam, region, target: int, steps: int = 20) -> FidelityCurves:
     """Deletion and insertion curves (Petsiuk et al., 2018) on the network input.
 
@@ -154,7 +159,9 @@ def fidelity_curves(model, gray, cam, region, target: int, steps: int = 20) -> F
         gray: (S, S) or (S, S, 1) resized image in [0, 255] (``preprocessing.load_resized``).
         cam: (S, S) map.
         region: (S, S) breast pixels to rank and replace (background never changes).
-        target: class whose probability is tracked.
+        target: class whose probability is tracked, or one value per class
+            (``DENSITY_SCORE_VALUES``): their expectation under the model's
+            probabilities is tracked (the density score, for the density map).
         steps: points of the curves after the start.
 
     Pixels of the region are ranked by decreasing map value. Deletion replaces
@@ -180,7 +187,11 @@ def fidelity_curves(model, gray, cam, region, target: int, steps: int = 20) -> F
         image[chosen] = gray.ravel()[chosen]
         inserted.append(image.reshape(gray.shape))
     batch = normalize(np.stack(deleted + inserted)[..., None]).numpy()
-    probabilities = model.predict(batch, verbose=0, batch_size=16)[:, target]
+    probabilities = model.predict(batch, verbose=0, batch_size=16)
+    if np.ndim(target) == 0:
+        probabilities = probabilities[:, int(target)]
+    else:  # expected value of the classes' values
+        probabilities = probabilities @ np.asarray(target, np.float32)
     deletion, insertion = probabilities[: steps + 1], probabilities[steps + 1 :]
     fractions = counts / max(len(order), 1)
     return FidelityCurves(
@@ -421,8 +432,10 @@ def score_image(explainer, image: PreparedImage, methods, fidelity_steps: int = 
         scores = localisation_scores(
             to_image_size(cam, image.original.shape), image.mask, image.region, image.original
         )
+        # the density map explains the density score, every other map the class
+        target = DENSITY_SCORE_VALUES if method == "density_gradcam" else predicted
         curves = fidelity_curves(
-            explainer.model, image.resized, cam, image.network_region, predicted, fidelity_steps
+            explainer.model, image.resized, cam, image.network_region, target, fidelity_steps
         )
         rows.append(
             {
@@ -432,6 +445,7 @@ def score_image(explainer, image: PreparedImage, methods, fidelity_steps: int = 
                 **scores,
                 "deletion_auc": curves.deletion_auc,
                 "insertion_auc": curves.insertion_auc,
+                "fidelity_of": "density score" if method == "density_gradcam" else "class",
                 "true_label": image.true_label,
                 "predicted_label": CLASSES[predicted],
                 "mask_source": image.mask_source,

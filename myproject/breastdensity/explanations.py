@@ -9,6 +9,9 @@ method            what it is (library)
 ================  ==========================================================
 gradcam           Grad-CAM on the last residual module (``breastdensity.cam``,
                   equal to tf-keras-vis' Gradcam, compiled and batched)
+density_gradcam   the density map: Grad-CAM of the ordinal density score
+                  (class scores weighted -1.5, -0.5, 0.5, 1.5) one stage
+                  earlier (``breastdensity.cam``); ignores ``classes``
 gradcam++         Grad-CAM++: higher-order weights (tf-keras-vis)
 scorecam          Faster Score-CAM: masks the input with the ``max_channels``
                   strongest feature maps, weights them by the class
@@ -50,11 +53,12 @@ from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 from tf_keras_vis.utils.scores import CategoricalScore
 
 from .attributions import GRADIENT_METHODS, GradientAttributions
-from .cam import GradCam, linear_copy, normalize_maps, overlay, to_image_size
-from .network import LAST_RESIDUAL_LAYER
+from .cam import DENSITY_WEIGHTS, GradCam, linear_copy, normalize_maps, overlay, to_image_size
+from .network import DENSITY_MAP_LAYER, LAST_RESIDUAL_LAYER
 
 METHODS = (
     "gradcam",
+    "density_gradcam",
     "gradcam++",
     "scorecam",
     "layercam",
@@ -73,8 +77,10 @@ SLOW_METHODS = (
     *(m for m in GRADIENT_METHODS if m.startswith(("ig_", "expected_", "sg_", "sg2_"))),
 )
 # The methods the evaluation notebook scores by default; the poster's gradient
-# attributions have their own comparison (``attribution_comparison``).
-SCORED_METHODS = tuple(m for m in METHODS if m not in GRADIENT_METHODS)
+# attributions have their own comparison (``attribution_comparison``). The
+# density map explains another score than the class, so it is scored apart
+# (``tools/measure_goals.py``); ask for it with methods=[..., "density_gradcam"].
+SCORED_METHODS = tuple(m for m in METHODS if m not in (*GRADIENT_METHODS, "density_gradcam"))
 # How people write the methods' names (figures, tables).
 _GRADIENT_NAMES = {
     "backprop": "Backpropagation",
@@ -86,6 +92,7 @@ _GRADIENT_NAMES = {
 }
 METHOD_NAMES = {
     "gradcam": "Grad-CAM",
+    "density_gradcam": "Density map (Grad-CAM)",
     "gradcam++": "Grad-CAM++",
     "scorecam": "Score-CAM",
     "layercam": "Layer-CAM",
@@ -146,6 +153,7 @@ class Explainer:
         # (a fixed map would look perfectly "robust" and "stable").
         self._random = np.random.default_rng(seed)
         self._gradcam = GradCam(model, layer_name)
+        self._density_cam = None  # built on first use
         self._linear = linear_copy(model)
         self._library = {}
         self.attributions = GradientAttributions(
@@ -189,6 +197,10 @@ class Explainer:
         cam_options = {"penultimate_layer": self.layer_name, "seek_penultimate_conv_layer": False}
         if method == "gradcam":
             maps = self._gradcam(images, classes).maps
+        elif method == "density_gradcam":
+            if self._density_cam is None:
+                self._density_cam = GradCam(self.model, DENSITY_MAP_LAYER)
+            maps = self._density_cam(images, weights=DENSITY_WEIGHTS).maps
         elif method in ("gradcam++", "layercam"):
             maps = self._vis(method)(score, images, **cam_options)
         elif method == "scorecam":

@@ -34,6 +34,9 @@ MODULES_PER_STAGE = 3
 LEAKY_SLOPE = 0.3  # Keras' LeakyReLU default, as the reference used it
 DROPOUT_RATE = 0.2
 LAST_RESIDUAL_LAYER = f"stage{len(STAGES)}_module{MODULES_PER_STAGE}_out"
+# The last module of the stage before: twice the resolution (H/16 x W/16), where
+# the density map (``cam.DENSITY_WEIGHTS``) is taken.
+DENSITY_MAP_LAYER = f"stage{len(STAGES) - 1}_module{MODULES_PER_STAGE}_out"
 OUTPUT_LAYER = "predictions"
 # Batch normalization's moving-average momentum. The reference had Keras'
 # default, 0.99: its moving statistics average the last ~100 steps, which on
