@@ -6,6 +6,9 @@
   (rows) and projection (columns) with its dense-tissue mask contour;
 * ``docs/figures/gradcam_overlays.png``: one Grad-CAM overlay per class (rows) and
   projection (columns), from the stage-4 output folder;
+* ``docs/figures/maps_vs_truth.png``: Grad-CAM of the predicted class and the
+  density map of the shipped CC_R model against the true dense tissue, one
+  shipped image per class;
 * ``docs/figures/confusionmatrix_total.png``: the subject-level confusion matrices
   of the quality evaluation, copied from its stage-3 output.
 """
@@ -19,6 +22,7 @@ from pathlib import Path
 
 import cv2
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -26,8 +30,19 @@ import pandas as pd  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "myproject"))
-from breastdensity.cam import cam_file_names  # noqa: E402
-from breastdensity.conventions import CLASSES, PROJECTIONS  # noqa: E402
+from breastdensity.cam import cam_file_names, to_image_size  # noqa: E402
+from breastdensity.conventions import (  # noqa: E402
+    CLASSES,
+    DENSE_MASKS,
+    PROJECTIONS,
+    best_checkpoint,
+    dense_mask_path,
+    list_class_images,
+    projection_test_folder,
+)
+from breastdensity.explanation_quality import network_input, prepare_image  # noqa: E402
+from breastdensity.explanations import METHOD_NAMES, Explainer  # noqa: E402
+from breastdensity.inference import load_model  # noqa: E402
 from breastdensity.phantoms import plot_examples  # noqa: E402
 
 
@@ -57,6 +72,43 @@ def overlay_grid(maps_dir: Path, target: Path) -> None:
     plt.close(figure)
 
 
+def maps_against_truth(root: Path, target: Path, projection: str = "CC_R") -> None:
+    """Grad-CAM and the density map of one shipped image per class, the true dense tissue outlined."""
+    model = load_model(best_checkpoint(root / f"{projection}_model"))
+    explainer = Explainer(model)
+    records = list_class_images(projection_test_folder(root / "TestSet", projection), what="test")
+    methods = ("gradcam", "density_gradcam")
+    figure, axes = plt.subplots(len(methods), len(CLASSES), figsize=(12, 7.4), squeeze=False)
+    for column, label in enumerate(CLASSES):
+        record = next(r for r in records if r.label == label)
+        mask = dense_mask_path(root / DENSE_MASKS / "TestSet", projection, label, record.path.name)
+        image = prepare_image(record, projection, explainer.size, mask)
+        inputs = network_input(image.resized)
+        predicted = CLASSES[int(np.argmax(model.predict(inputs, verbose=0)[0]))]
+        for row, method in enumerate(methods):
+            cam = to_image_size(explainer.explain(method, inputs)[0], image.original.shape)
+            axis = axes[row, column]
+            axis.imshow(image.original, cmap="gray", vmin=0, vmax=255)
+            shown = axis.imshow(
+                np.ma.masked_where(image.original == 0, cam), cmap="jet", vmin=0, vmax=1, alpha=0.45
+            )
+            axis.contour(image.mask, levels=[0.5], colors="white", linewidths=0.8)
+            axis.set_title(
+                f"{METHOD_NAMES[method]}\ntrue {label}, predicted {predicted}", fontsize=9
+            )
+            axis.axis("off")
+    opaque = matplotlib.cm.ScalarMappable(
+        shown.norm, shown.cmap
+    )  # the bar without the overlay's alpha
+    figure.colorbar(opaque, ax=axes, fraction=0.025, label="map value (0-1)")
+    figure.suptitle(
+        f"Shipped {projection} model, shipped TestSet: white line = true dense tissue (phantom ground truth)",
+        fontsize=11,
+    )
+    figure.savefig(target, dpi=90, bbox_inches="tight")
+    plt.close(figure)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--maps", type=Path, default=REPO / "myproject" / "MAPS")
@@ -70,6 +122,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     plot_examples(REPO / "myproject", args.out / "phantoms_grid.png")  # shipped TestSet + manifest
     overlay_grid(args.maps, args.out / "gradcam_overlays.png")
+    maps_against_truth(REPO / "myproject", args.out / "maps_vs_truth.png")
     if args.evaluation is not None:
         shutil.copy(
             args.evaluation / "CONFUSION_MATRICES" / "confusionmatrix_total.png",
