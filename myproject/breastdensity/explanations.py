@@ -190,8 +190,10 @@ class Explainer:
         images = np.asarray(images, np.float32)
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-        if classes is None:
-            classes = self.predicted_classes(images)
+        if method == "density_gradcam":
+            classes = np.full(len(images), -1)  # unused: the density map explains no class
+        elif classes is None:
+            classes = self.predicted_classes(images)  # (a forward pass)
         classes = np.asarray(classes, np.int32).reshape(len(images))
         score = CategoricalScore(classes.tolist())
         cam_options = {"penultimate_layer": self.layer_name, "seek_penultimate_conv_layer": False}
