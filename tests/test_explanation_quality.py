@@ -5,7 +5,13 @@ import pytest
 from conftest import corner_model
 from scipy.ndimage import maximum_filter, minimum_filter
 
-from breastdensity.conventions import CLASSES
+from breastdensity.conventions import (
+    CLASSES,
+    DENSE_MASKS,
+    dense_mask_path,
+    list_class_images,
+    projection_test_folder,
+)
 from breastdensity.explanation_quality import (
     best_dice,
     estimate_dense_mask,
@@ -13,13 +19,15 @@ from breastdensity.explanation_quality import (
     pectoral_region,
     percent_density,
     pointing_game,
+    prepare_test_images,
     rank_correlation,
     relevance_mass,
     roc_auc,
     scoring_region,
     transformations,
 )
-from breastdensity.phantoms import make_subject, plan_split
+from breastdensity.phantoms import generate_dataset, make_subject, plan_split
+from breastdensity.preprocessing import read_mask
 
 
 @pytest.fixture
@@ -135,3 +143,21 @@ def test_region_and_model_free_density_on_phantoms():
         estimated_pd[entry["label"]] = np.mean(views)
     assert sorted(estimated_pd, key=estimated_pd.get) == list(CLASSES)
     assert np.mean(dense_dice) > 0.8
+
+
+def test_prepare_test_images_reads_each_mask_and_estimates_a_missing_one(tmp_path):
+    # 4 test subjects, one per class; one mask file removed
+    generate_dataset(tmp_path, (0, 0, 4), (96, 80), seed=5)
+    masks_root = tmp_path / DENSE_MASKS / "TestSet"
+    records = list_class_images(projection_test_folder(tmp_path / "TestSet", "CC_R"))
+    removed = dense_mask_path(masks_root, "CC_R", records[1].label, records[1].path.name)
+    removed.unlink()
+
+    images = prepare_test_images(tmp_path / "TestSet", masks_root, "CC_R", (64, 64))
+
+    assert [i.name for i in images] == [r.path.name for r in records]  # order kept
+    assert [i.mask_source for i in images] == ["reference", "estimate", "reference", "reference"]
+    first = images[0]
+    truth = read_mask(dense_mask_path(masks_root, "CC_R", records[0].label, records[0].path.name))
+    assert np.array_equal(first.mask, truth & first.region)
+    assert first.resized.shape == (64, 64) and first.network_region.shape == (64, 64)

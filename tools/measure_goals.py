@@ -39,14 +39,11 @@ from breastdensity.conventions import (  # noqa: E402
     DENSE_MASKS,
     PROJECTIONS,
     best_checkpoint,
-    dense_mask_path,
-    list_class_images,
-    projection_test_folder,
 )
 from breastdensity.explanation_quality import (  # noqa: E402
     DENSITY_SCORE_VALUES,
     fidelity_curves,
-    prepare_image,
+    prepare_test_images,
     score_image,
 )
 from breastdensity.explanations import Explainer  # noqa: E402
@@ -101,13 +98,11 @@ def maps(models_root: Path, data: Path, out: Path, projection: str = "CC_R") -> 
     """Grad-CAM, the density map (and random) of one projection's model against the true masks."""
     model = load_model(best_checkpoint(models_root / f"{projection}_model"))
     explainer = Explainer(model)
-    folder = projection_test_folder(data / "TestSet", projection)
     rows = []
-    for record in list_class_images(folder, what="test"):
-        mask = dense_mask_path(
-            data / DENSE_MASKS / "TestSet", projection, record.label, record.path.name
-        )
-        image = prepare_image(record, projection, explainer.size, mask)
+    test_images = prepare_test_images(
+        data / "TestSet", data / DENSE_MASKS / "TestSet", projection, explainer.size
+    )
+    for image in test_images:
         scored, cams = score_image(explainer, image, [*MAPS, "random"])
         for row in scored:
             if row["method"] in MAPS:

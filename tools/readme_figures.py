@@ -36,11 +36,8 @@ from breastdensity.conventions import (  # noqa: E402
     DENSE_MASKS,
     PROJECTIONS,
     best_checkpoint,
-    dense_mask_path,
-    list_class_images,
-    projection_test_folder,
 )
-from breastdensity.explanation_quality import network_input, prepare_image  # noqa: E402
+from breastdensity.explanation_quality import network_input, prepare_test_images  # noqa: E402
 from breastdensity.explanations import METHOD_NAMES, Explainer  # noqa: E402
 from breastdensity.inference import load_model  # noqa: E402
 from breastdensity.phantoms import plot_examples  # noqa: E402
@@ -76,13 +73,13 @@ def maps_against_truth(root: Path, target: Path, projection: str = "CC_R") -> No
     """Grad-CAM and the density map of one shipped image per class, the true dense tissue outlined."""
     model = load_model(best_checkpoint(root / f"{projection}_model"))
     explainer = Explainer(model)
-    records = list_class_images(projection_test_folder(root / "TestSet", projection), what="test")
+    test_images = prepare_test_images(
+        root / "TestSet", root / DENSE_MASKS / "TestSet", projection, explainer.size
+    )
     methods = ("gradcam", "density_gradcam")
     figure, axes = plt.subplots(len(methods), len(CLASSES), figsize=(12, 7.4), squeeze=False)
     for column, label in enumerate(CLASSES):
-        record = next(r for r in records if r.label == label)
-        mask = dense_mask_path(root / DENSE_MASKS / "TestSet", projection, label, record.path.name)
-        image = prepare_image(record, projection, explainer.size, mask)
+        image = next(i for i in test_images if i.true_label == label)
         inputs = network_input(image.resized)
         predicted = CLASSES[int(np.argmax(model.predict(inputs, verbose=0)[0]))]
         for row, method in enumerate(methods):

@@ -29,7 +29,7 @@ from skimage.metrics import structural_similarity
 from sklearn.metrics import roc_auc_score
 
 from .cam import to_image_size
-from .conventions import CLASSES
+from .conventions import CLASSES, dense_mask_path, list_class_images, projection_test_folder
 from .preprocessing import normalize, read_grayscale, read_mask, resize
 
 # ----------------------------------------------------------------------------
@@ -412,6 +412,24 @@ def prepare_image(record, projection: str, size, mask_path=None) -> PreparedImag
         resized,
         network_region,
     )
+
+
+def prepare_test_images(test_root, masks_root, projection: str, size) -> list[PreparedImage]:
+    """Every test image of one projection, each with its dense mask.
+
+    ``test_root``/``masks_root`` as ``TestSet`` and ``DenseMasks/TestSet``; an image
+    without a mask file gets an estimated one (``mask_source`` says which).
+    """
+    folder = projection_test_folder(test_root, projection)
+    return [
+        prepare_image(
+            record,
+            projection,
+            size,
+            dense_mask_path(masks_root, projection, record.label, record.path.name),
+        )
+        for record in list_class_images(folder, what=f"{projection} test")
+    ]
 
 
 def network_input(resized: np.ndarray) -> np.ndarray:
