@@ -4,7 +4,7 @@ Each phantom imitates a mammogram after the reference's preprocessing: 8-bit
 gray, background exactly 0, breast cropped at the skin line, chest wall on the
 image edge (right edge for right breasts, nipple pointing left; left breasts
 mirrored), and for MLO views the pectoral muscle replaced by the mean breast
-gray value. Recipe, per image (lengths relative to the image width; version 2):
+gray value. Recipe, per image (lengths relative to the image width; version 3):
 
 1. Outline: a super-ellipse against the chest wall (CC), or a tilted one with
    an axillary tail and a pectoral triangle in the upper chest-wall corner (MLO).
@@ -13,7 +13,9 @@ gray value. Recipe, per image (lengths relative to the image width; version 2):
    nipple + anisotropic power-law texture, beta ~ 3.2 CC / 3.3 MLO, + fibrous
    texture converging on the nipple) inside a subcutaneous and retromammary
    fat envelope; Cooper's ligaments as thin septa bounding fat lobules
-   (warped Voronoi cells); vessels. Textures are made in a frame ``aspect``
+   (warped Voronoi cells); a fine reticular mesh of trabeculae through the
+   fat (zero crossings of a random field; version 3); vessels. Textures are
+   made in a frame ``aspect``
    times taller and squeezed, as stage 0's crop and the square network input
    squeeze a real breast.
 4. Dense mask: exactly the target percent density (PD) of the breast area
@@ -21,8 +23,11 @@ gray value. Recipe, per image (lengths relative to the image width; version 2):
    the soft glandular fraction, so the mask is exact ground truth of the
    bright tissue without being a hard-edged cloud.
 5. Projection and display: log-attenuation signal (fat 1, gland
-   1 + contrast), peripheral equalisation, VOI window, display curve (linear,
-   sigmoid, log), gamma, local contrast enhancement; detector resolution,
+   1 + contrast), peripheral equalisation (strong on digital images, so the
+   fat's texture reaches the skin), a VOI window below fat and above gland
+   (version 3: fat textured, dense tissue seldom burnt out), display curve
+   (linear, sigmoid, log), gamma, local contrast enhancement with soft limits
+   (half of the digital images heavily); detector resolution,
    blur and quantum-like noise; 30 % scanned-film look (characteristic curve,
    grain, softer). These vary per image (domain randomisation) so that no
    single system's look or global statistic gives the class away.
@@ -61,7 +66,7 @@ from .conventions import (
 from .files import atomic_write, check_writable
 from .preprocessing import read_mask
 
-GENERATOR_VERSION = "2"
+GENERATOR_VERSION = "3"
 BIRADS_BANDS = {"A": (0.0, 25.0), "B": (25.0, 50.0), "C": (50.0, 75.0), "D": (75.0, 100.0)}
 # PD is sampled inside these sub-bands by default (margins between classes).
 PD_SAMPLING_BANDS = {"A": (2.0, 22.0), "B": (27.0, 48.0), "C": (53.0, 73.0), "D": (78.0, 92.0)}
@@ -96,6 +101,8 @@ class PhantomParameters:
     ligaments: float  # Cooper's ligaments, in units of gland_contrast
     fine_texture: float  # fine trabecular texture everywhere, in units of gland_contrast
     ligament_width: float  # half width, fraction of the image width
+    trabeculae: float  # fine reticular strands through the fat, in units of gland_contrast
+    trabecular_beta: float  # spectral exponent of their field: lower, a finer mesh
     vessels: int
     equalisation: float  # peripheral equalisation (0: none, 1: thickness roll-off removed)
     display_curve: str  # one of DISPLAY_CURVES
@@ -103,6 +110,7 @@ class PhantomParameters:
     window_high: float
     gamma: float
     sharpen: float  # vendor-like local contrast enhancement (unsharp mask gain)
+    sharpen_radius: float  # its Gaussian's sigma, fraction of the image width
     output_low: float  # display gray of window_low and window_high
     output_high: float
     blur_sigma: float  # pixels
@@ -338,6 +346,24 @@ def _ligaments(shape, p: PhantomParameters, rng: np.random.Generator) -> np.ndar
     return np.clip(lines * np.sqrt(2 * np.pi) * sigma, 0.0, 1.0) * visibility
 
 
+def _trabeculae(fibres: np.ndarray, p: PhantomParameters, rng: np.random.Generator) -> np.ndarray:
+    """Fine reticular strands (0-1): the zero crossings of a smooth random field.
+
+    Zero crossings of power-law noise form a mesh of closed, curving lines, as the
+    trabeculae and septa that run through the fat of a real mammogram do; mixing
+    in the fibrous texture orients part of the mesh toward the nipple.
+    """
+    field = power_law_noise(fibres.shape, p.trabecular_beta, rng, p.aspect) + 0.2 * fibres
+    field /= float(field.std() + 1e-6)
+    # Line width follows the local gradient, so the strands stay thin everywhere.
+    gy, gx = np.gradient(field)
+    slope = np.sqrt(gx * gx + gy * gy) + 1e-6
+    width = 0.008 * fibres.shape[1]
+    lines = np.exp(-((field / (slope * width)) ** 2))
+    visibility = np.clip(0.5 + 0.5 * power_law_noise(fibres.shape, 3.5, rng, p.aspect), 0.0, 1.0)
+    return (lines * visibility).astype(np.float32)
+
+
 def _vessels(breast: np.ndarray, nipple_xy, p: PhantomParameters, rng) -> np.ndarray:
     """A few meandering vessels from the chest wall toward the nipple (0-1)."""
     height, width = breast.shape
@@ -390,9 +416,16 @@ def sample_parameters(
     base_beta = 3.17 if projection.startswith("CC") else 3.30  # published means
     # Scanned film is softer (film blur, scanner resolution) than a digital detector.
     film = bool(rng.random() < 0.3)
-    blur, resolution = ((1.2, 2.5), (1.5, 3.0)) if film else ((0.1, 0.8), (1.0, 1.5))
+    blur, resolution = ((0.8, 1.8), (1.2, 2.2)) if film else ((0.3, 1.0), (1.0, 1.5))
     scale = width / 520.0  # blur is specified for the default 650 x 520 images
-    window_low = rng.uniform(0.7, 1.0)
+    # Digital processing equalises the thin periphery strongly, so structure reaches the
+    # skin; film does not (its periphery is often burnt out).
+    equalisation = rng.uniform(0.0, 0.6) if film else rng.uniform(0.6, 1.0)
+    window_low = rng.uniform(0.55, 0.92)  # below fat: the fat's texture stays visible
+    strong = bool(rng.random() < 0.5)  # some vendors enhance local contrast heavily
+    gland_contrast = rng.uniform(0.35, 1.0)
+    # Above glandular tissue (1 + gland_contrast): dense tissue is bright, seldom burnt out.
+    window_high = 1.0 + gland_contrast * rng.uniform(1.1, 1.7)
 
     def uniform(a: float, b: float) -> float:
         return round(float(rng.uniform(a, b)), 3)
@@ -408,18 +441,21 @@ def sample_parameters(
         fibre_anisotropy=uniform(2.0, 8.0),
         edge_width=uniform(0.08, 0.20),
         fat_envelope=uniform(0.03, 0.08),
-        gland_contrast=uniform(0.35, 1.0),
-        ligaments=uniform(0.1, 0.45),
+        gland_contrast=round(float(gland_contrast), 3),
+        ligaments=uniform(0.05, 0.25),
         fine_texture=uniform(0.0, 0.25),
-        ligament_width=round(float(rng.uniform(0.001, 0.003)), 5),
+        ligament_width=round(float(rng.uniform(0.0015, 0.0035)), 5),
+        trabeculae=uniform(0.2, 0.7),
+        trabecular_beta=uniform(2.3, 3.2),
         vessels=int(rng.integers(2, 7)),
-        equalisation=uniform(0.0, 0.7),
+        equalisation=round(float(equalisation), 3),
         display_curve=str(rng.choice(DISPLAY_CURVES)),
         window_low=round(float(window_low), 3),
-        window_high=uniform(1.6, 2.4),
-        gamma=uniform(0.6, 2.0),
-        sharpen=0.0 if film else uniform(0.0, 1.5),
-        output_low=uniform(0.08, 0.3),
+        window_high=round(float(window_high), 3),
+        gamma=uniform(0.8, 2.6),
+        sharpen=0.0 if film else uniform(*(2.0, 4.0) if strong else (0.0, 2.0)),
+        sharpen_radius=round(float(np.exp(rng.uniform(np.log(0.01), np.log(0.03)))), 4),
+        output_low=uniform(0.07, 0.25),
         output_high=uniform(0.80, 1.0),
         blur_sigma=round(max(0.3, uniform(*blur) * scale), 3),
         resolution=uniform(*resolution),
@@ -498,7 +534,7 @@ def render_phantom(parameters: PhantomParameters) -> Phantom:
     threshold = score[dense].min() if dense.any() else score[tissue_region].max()
     softness = 0.35 * float(score[tissue_region].std() + 1e-6)
     depth = 1.0 / (1.0 + np.exp(-np.clip((score - threshold) / softness, -30, 30)))
-    edge = cv2.GaussianBlur(dense.astype(np.float32), (0, 0), 0.01 * width)
+    edge = cv2.GaussianBlur(dense.astype(np.float32), (0, 0), 0.02 * width)
     glandular = edge * (0.75 + 0.25 * depth) + 0.15 * depth * (1.0 - edge) * eligible
     fine = radial_texture(
         (height, width), nipple_xy, 2.6, p.fibre_anisotropy, p.aspect, texture_rng
@@ -506,16 +542,26 @@ def render_phantom(parameters: PhantomParameters) -> Phantom:
     glandular = np.clip(glandular * (0.85 + 0.2 * fine), 0.0, 1.2)
     ligaments = _ligaments((height, width), p, texture_rng) * (1.0 - 0.7 * glandular)
     vessels = _vessels(breast, nipple_xy, p, texture_rng)
+    trabeculae = _trabeculae(fibres, p, texture_rng) * (1.0 - 0.6 * glandular)
 
     # Projection: log-attenuation along the beam, fat = 1 at full thickness.
-    structure = glandular + p.ligaments * ligaments + 0.35 * vessels + p.fine_texture * fine
+    structure = (
+        glandular
+        + p.ligaments * ligaments
+        + p.trabeculae * trabeculae
+        + 0.35 * vessels
+        + p.fine_texture * fine
+    )
     signal = thickness * (1.0 + p.gland_contrast * structure)
     signal += p.equalisation * (1.0 - thickness)  # peripheral equalisation
     skin = breast & ~cv2.erode(breast.astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool)
     signal[skin] += 0.15 * p.gland_contrast
     gray = display(signal, p, texture_rng).astype(np.float32)
     if p.sharpen > 0:  # local contrast enhancement of processed digital images
-        gray += p.sharpen * (gray - cv2.GaussianBlur(gray, (0, 0), 0.015 * width))
+        # Unsharp masking with soft limits, as vendors' multi-scale processing does: faint
+        # detail is amplified, large steps (the border of dense tissue) are not blown out.
+        detail = gray - cv2.GaussianBlur(gray, (0, 0), p.sharpen_radius * width)
+        gray += p.sharpen * 0.04 * np.tanh(detail / 0.04)
 
     # Detector: resolution, blur, noise (film: coarser grain).
     if p.resolution > 1.05:
