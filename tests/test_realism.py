@@ -96,5 +96,5 @@ def test_cli_percentiles_auc_and_figures(tmp_path, rng):
     summary = pd.read_csv(out / "summary.csv").iloc[0]
     assert 0.0 <= summary["loo_auc_real_vs_phantom"] <= 1.0
     assert summary["real_outside_5_95"] <= 4
-    for name in ("realism_features.png", "realism_side_by_side.png"):
+    for name in ("realism_features.png", "realism_side_by_side.png", "realism_edges.png"):
         assert (out / name).stat().st_size > 10_000
