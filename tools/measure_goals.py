@@ -16,7 +16,9 @@ the predicted class on the last residual module (the reference's map; its
 deletion tracks the class probability) and the density map (Grad-CAM of the
 ordinal density score one stage earlier, ``breastdensity.cam``; its deletion
 tracks the expected density). Writes ``goals.csv`` and ``map_scores.csv`` to
-``--out``. Takes 10-20 minutes on 2 shared cores at 256 px.
+``--out``. Takes 10-20 minutes on 2 shared cores at 256 px. ``--randomisation PHANTOMS``
+adds the model-randomisation test of both maps (16 CC_R images, two random networks;
+the evaluation notebook's bar: mean |rank correlation| below 0.5).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "myproject"))
 
+import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
@@ -42,13 +45,17 @@ from breastdensity.conventions import (  # noqa: E402
 )
 from breastdensity.explanation_quality import (  # noqa: E402
     DENSITY_SCORE_VALUES,
+    SANITY_THRESHOLD,
     fidelity_curves,
+    network_input,
     prepare_test_images,
+    sanity_check,
     score_image,
 )
 from breastdensity.explanations import Explainer  # noqa: E402
 from breastdensity.inference import load_model  # noqa: E402
 from breastdensity.metrics import group_predictions, metrics_table  # noqa: E402
+from breastdensity.network import build_resnet  # noqa: E402
 from breastdensity.predictions import read_predictions  # noqa: E402
 
 MAPS = {"gradcam": "Grad-CAM", "density_gradcam": "density map"}
@@ -62,6 +69,11 @@ for _name in MAPS.values():
         f"{_name} ROC AUC (CC_R)": (">=", 0.75),
         f"{_name} pointing game (CC_R)": (">=", 0.80),
         f"{_name} maxima outside the breast (CC_R)": ("<=", 0.02),
+        # the evaluation notebook's bar: maps of a random network must differ
+        **{
+            f"{_name} |rank corr.| with random network {seed} (CC_R)": ("<=", SANITY_THRESHOLD)
+            for seed in (0, 1)
+        },
     }
 
 
@@ -146,12 +158,41 @@ def maps(models_root: Path, data: Path, out: Path, projection: str = "CC_R") -> 
     return results
 
 
+def randomisation(
+    models_root: Path, data: Path, images: int = 16, projection: str = "CC_R"
+) -> dict[str, float]:
+    """Model-randomisation test of both maps: ``images`` test images (seeded choice), two
+    networks of the same architecture with random weights (seeds 0 and 1)."""
+    model = load_model(best_checkpoint(models_root / f"{projection}_model"))
+    explainer = Explainer(model)
+    test_images = prepare_test_images(
+        data / "TestSet", data / DENSE_MASKS / "TestSet", projection, explainer.size
+    )
+    chosen = sorted(np.random.default_rng(0).choice(len(test_images), images, replace=False))
+    inputs = np.concatenate([network_input(test_images[i].resized) for i in chosen])
+    results = {}
+    for seed in (0, 1):
+        keras.utils.set_random_seed(seed)
+        random_explainer = Explainer(build_resnet(explainer.size[0]))
+        for row in sanity_check(explainer, random_explainer, inputs, list(MAPS)):
+            name = MAPS[row["method"]]
+            results[f"{name} |rank corr.| with random network {seed} (CC_R)"] = row[
+                "rank_correlation"
+            ]
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models-root", type=Path, default=REPO / "myproject")
     parser.add_argument("--classification", type=Path, help="phantoms for subject-level metrics")
     parser.add_argument(
         "--maps", type=Path, help="phantoms with DenseMasks/ for the Grad-CAM goals"
+    )
+    parser.add_argument(
+        "--randomisation",
+        type=Path,
+        help="phantoms for the model-randomisation test of both maps (16 CC_R images)",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/goals"))
     args = parser.parse_args()
@@ -161,6 +202,8 @@ def main() -> None:
         results |= classification(args.models_root, args.classification, args.out)
     if args.maps:
         results |= maps(args.models_root, args.maps, args.out)
+    if args.randomisation:
+        results |= randomisation(args.models_root, args.randomisation)
     rows = []
     for name, value in results.items():
         goal = GOALS.get(name)
