@@ -67,8 +67,15 @@ class RawPhantom:
     description: dict  # how it was stored (VOI mode, flips, tags)
 
 
-def _stored_from_display(display: np.ndarray, mode: str, rng: np.random.Generator):
-    """Invert one VOI transform: display gray (0-255) -> stored values, and the tags."""
+def _stored_from_display(
+    display: np.ndarray, mode: str, rng: np.random.Generator, body: np.ndarray | None = None
+):
+    """Invert one VOI transform: display gray (0-255) -> stored values, and the tags.
+
+    ``body`` (0-1, where the breast is) matters for FOR_PROCESSING only: there the stored
+    value is the detector signal, and even the fattiest breast attenuates it far below the
+    direct exposure around it, however dark its fat is displayed.
+    """
     p = np.clip(display / 255.0, 0.0, 1.0)
     tags: dict = {}
     if mode == "LINEAR":
@@ -94,7 +101,8 @@ def _stored_from_display(display: np.ndarray, mode: str, rng: np.random.Generato
         item.LUTExplanation = f"gamma {gamma:.2f}"
         tags = {"VOILUTSequence": [item]}
     else:  # FOR_PROCESSING: detector signal falls exponentially with attenuation
-        stored = 60000.0 * np.exp(-3.0 * p)
+        baseline = 0.0 if body is None else 1.5 * body  # the breast's own thickness
+        stored = 60000.0 * np.exp(-3.0 * p - baseline)
     return np.clip(np.round(stored), 0, 65535).astype(np.uint16), tags
 
 
@@ -142,6 +150,10 @@ def make_raw_phantom(seed: int, index: int, size: tuple[int, int] = (320, 256)) 
     truth_pectoral = np.zeros(canvas.shape, bool)
     canvas[top : top + height, left:] = display
     truth_breast[top : top + height, left:] = breast
+    # Where X-rays cross the breast: follows the stored image through every flip. A hard
+    # edge, so that inside the breast it only offsets the signal (the display image
+    # already holds the thickness roll-off under the skin).
+    body = truth_breast.astype(np.float32)
     truth_pectoral[top : top + height, left:] = pectoral
     view, side = projection.split("_")
     # Lead skin marker: a white disc a few pixels off the skin line, near the nipple.
@@ -177,22 +189,23 @@ def make_raw_phantom(seed: int, index: int, size: tuple[int, int] = (320, 256)) 
 
     # Stored orientation.
     if side == "L":
-        canvas, truth_breast, truth_pectoral = (
-            a[:, ::-1] for a in (canvas, truth_breast, truth_pectoral)
+        canvas, body, truth_breast, truth_pectoral = (
+            a[:, ::-1] for a in (canvas, body, truth_breast, truth_pectoral)
         )
     orientation = str(
         rng.choice(["as reference", "mirrored", "mirrored, FOV flip tag", "upside down"])
     )
     fov_flip = "NO"
     if orientation.startswith("mirrored"):
-        canvas = canvas[:, ::-1]
+        canvas, body = canvas[:, ::-1], body[:, ::-1]
         if orientation.endswith("tag"):
             fov_flip = "YES"  # the reader flips back: truth stays in the unflipped frame
         else:
             truth_breast, truth_pectoral = truth_breast[:, ::-1], truth_pectoral[:, ::-1]
     elif orientation == "upside down":
-        canvas, truth_breast, truth_pectoral = (
+        canvas, body, truth_breast, truth_pectoral = (
             canvas[::-1],
+            body[::-1],
             truth_breast[::-1],
             truth_pectoral[::-1],
         )
@@ -202,7 +215,7 @@ def make_raw_phantom(seed: int, index: int, size: tuple[int, int] = (320, 256)) 
     if mode == "FOR_PROCESSING":
         photometric = "MONOCHROME2"
     stored_display = 255.0 - canvas if photometric == "MONOCHROME1" else canvas
-    stored, voi_tags = _stored_from_display(stored_display, mode, rng)
+    stored, voi_tags = _stored_from_display(stored_display, mode, rng, body)
 
     name = f"raw_{index:04d}"
     meta = FileMetaDataset()
