@@ -160,6 +160,14 @@ def projection_of(path: Path) -> str:
     return "?"
 
 
+def read_at_size(path: Path, size: int) -> np.ndarray:
+    """A stage-0 or phantom PNG at the measuring size, the background kept exactly 0."""
+    image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
+    resized[cv2.resize((image > 0).astype(np.uint8), (size, size)) == 0] = 0
+    return resized
+
+
 def measure(folders: list[Path], source: str, size: int, limit: int | None = None) -> pd.DataFrame:
     rows = []
     for folder in folders:
@@ -167,9 +175,6 @@ def measure(folders: list[Path], source: str, size: int, limit: int | None = Non
         if limit:
             files = files[:limit]
         for path in files:
-            image = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-            resized = cv2.resize(image, (size, size), interpolation=cv2.INTER_LINEAR)
-            resized[cv2.resize((image > 0).astype(np.uint8), (size, size)) == 0] = 0
             rows.append(
                 {
                     "source": source,
@@ -177,7 +182,7 @@ def measure(folders: list[Path], source: str, size: int, limit: int | None = Non
                     "file": str(path),
                     "projection": projection_of(path),
                 }
-                | image_features(resized)
+                | image_features(read_at_size(path, size))
             )
     return pd.DataFrame(rows)
 
@@ -225,9 +230,14 @@ def plot_features(real: pd.DataFrame, sets: dict[str, pd.DataFrame], path: Path)
                 zorder=3,
                 label="real (stage 0)" if position == 0 else None,
             )
-        # set names may be long (v3_seed8): one per line, turned when there are many
+        # set names may be long (v3_seed8): turned when there are more than two
+        turned = len(names) > 2
         axis.set_xticks(
-            range(len(names)), names, fontsize=8, rotation=0 if len(names) <= 2 else 45, ha="right"
+            range(len(names)),
+            names,
+            fontsize=8,
+            rotation=45 if turned else 0,
+            ha="right" if turned else "center",
         )
         axis.set_title(FEATURE_TITLES[feature], fontsize=9)
         axis.tick_params(axis="y", labelsize=8)
@@ -280,7 +290,7 @@ def plot_edge_maps(real: pd.DataFrame, sets: dict[str, pd.DataFrame], size: int,
         columns.append((name, (chosen if len(chosen) else table).iloc[0]))
     figure, axes = plt.subplots(2, len(columns), figsize=(2.4 * len(columns), 5.4), squeeze=False)
     for j, (name, row) in enumerate(columns):
-        image = cv2.resize(cv2.imread(str(row["file"]), cv2.IMREAD_GRAYSCALE), (size, size))
+        image = read_at_size(Path(row["file"]), size)  # exactly what was measured
         region = breast_region(image)
         edges = edge_map(image / 255.0) & region
         axes[0, j].imshow(image, cmap="gray", vmin=0, vmax=255)
