@@ -119,6 +119,11 @@ def test_figure_merit_notebook_runs(predictions, tmp_path):
     assert figures == sorted(
         f"confusionmatrix_{s}.png" for s in ("CCR", "MLOR", "CCL", "MLOL", "right", "left", "total")
     )
+    # the label-free check: each side's class, recomputed from the prediction files
+    views = pd.read_csv(tmp_path / "out" / "view_consistency.csv", index_col="subject")
+    assert len(views) == 8
+    right = stacked[stacked["projection"].isin(["CC_R", "MLO_R"])].groupby("subject")
+    assert (views["class_right"] == right[list("ABCD")].mean().idxmax(axis=1)).all()
 
 
 @pytest.mark.slow

@@ -10,7 +10,12 @@ import pytest
 from conftest import MYPROJECT, untrained_model_set
 
 from breastdensity.conventions import PROJECTIONS, list_unlabelled_images
-from breastdensity.metrics import group_predictions, metrics_table
+from breastdensity.metrics import (
+    expected_density,
+    group_predictions,
+    metrics_table,
+    view_consistency,
+)
 from breastdensity.predictions import read_predictions
 
 
@@ -68,6 +73,12 @@ def test_stage0_output_is_predicted_without_labels(unlabelled, tmp_path, capsys)
     assert groups == {}
     assert all("without a true label" in notes[group] for group in ("CC_R", "right", "total"))
     assert metrics_table(groups)["accuracy"].isna().all()
+    # ... but the label-free agreement of the views is
+    per_subject, agreement = view_consistency(tables)
+    assert agreement["subjects"] == 1 and agreement["subjects_both_sides"] == 1
+    for projection, table in tables.items():
+        density = expected_density(table[list("ABCD")])[0]
+        assert per_subject[f"density_{projection}"].iloc[0] == pytest.approx(density)
 
 
 @pytest.mark.slow

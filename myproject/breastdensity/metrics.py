@@ -325,3 +325,93 @@ def plot_confusion_matrices(table: pd.DataFrame, title: str, path: str | Path | 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         figure.savefig(path, dpi=300)
     return figure
+
+
+# ----------------------------------------------------------------------------
+# Label-free checks: do the views of one woman agree?
+# ----------------------------------------------------------------------------
+
+
+def expected_density(probabilities) -> np.ndarray:
+    """Expected class in class units (0 = A ... 3 = D) of (N, 4) probability rows."""
+    probabilities = np.asarray(probabilities, np.float64)
+    return probabilities @ np.arange(len(CLASSES), dtype=np.float64)
+
+
+def view_consistency(tables: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, dict[str, float]]:
+    """How well the predictions of one subject's views agree; no true label needed.
+
+    A woman's two breasts almost always share a density class, and the CC and
+    MLO views of one breast show the same tissue, so disagreement between them
+    is a sign of a model that does not transfer, visible on unlabelled images
+    (``Prediction_ResNet.py --images``).
+
+    Args:
+        tables: projection -> prediction table (CSV columns: subject, A..D, ...),
+            as ``predictions.read_predictions`` returns them.
+
+    Returns:
+        (one row per subject: each view's predicted class and expected density
+        ``density_<PROJ>`` (0 = A ... 3 = D), each side's fused class and density
+        (probabilities of its views averaged, as ``fuse`` does), ``side_difference``
+        = |right - left| density and ``sides_agree``; a summary: ``subjects``,
+        ``subjects_both_sides``, ``sides_agree`` (share of those whose fused sides
+        have one class), ``mean_side_difference``, ``views_agree`` (share of
+        sides with both views whose CC and MLO classes agree)).
+    """
+    rows = []
+    for projection, table in tables.items():
+        probabilities = table[list(CLASSES)].to_numpy(np.float64)
+        rows.append(
+            pd.DataFrame(
+                {
+                    "subject": table["subject"].astype(str).to_numpy(),
+                    "projection": projection,
+                    **{c: probabilities[:, i] for i, c in enumerate(CLASSES)},
+                }
+            )
+        )
+    views = pd.concat(rows, ignore_index=True)
+    duplicated = views[views.duplicated(["subject", "projection"])]
+    if len(duplicated):
+        first = duplicated.iloc[0]
+        raise DatasetError(
+            f"{first['projection']}: subject {first['subject']} has more than one image; "
+            "file names must be <subject>_<CLASS>_<PROJ>.png (or <subject>_<PROJ>.png unlabelled)"
+        )
+    views["density"] = expected_density(views[list(CLASSES)])
+    views["predicted_label"] = np.array(CLASSES)[views[list(CLASSES)].to_numpy().argmax(axis=1)]
+    per_subject = pd.DataFrame(index=sorted(views["subject"].unique()))
+    per_subject.index.name = "subject"
+    for projection in PROJECTIONS:
+        of_view = views[views["projection"] == projection].set_index("subject")
+        per_subject[f"class_{projection}"] = of_view["predicted_label"]
+        per_subject[f"density_{projection}"] = of_view["density"]
+    view_pairs = []
+    for side, members in SIDES.items():
+        of_side = views[views["projection"].isin(members)]
+        mean = of_side.groupby("subject")[list(CLASSES)].mean()
+        per_subject[f"class_{side}"] = pd.Series(
+            np.array(CLASSES)[mean.to_numpy().argmax(axis=1)], index=mean.index
+        )
+        per_subject[f"density_{side}"] = pd.Series(expected_density(mean), index=mean.index)
+        both = per_subject[[f"class_{p}" for p in members]].dropna()
+        view_pairs.extend(both.iloc[:, 0] == both.iloc[:, 1])
+    per_subject["side_difference"] = (
+        per_subject["density_right"] - per_subject["density_left"]
+    ).abs()
+    has_both = per_subject[["class_right", "class_left"]].notna().all(axis=1)
+    per_subject["sides_agree"] = (per_subject["class_right"] == per_subject["class_left"]).where(
+        has_both
+    )
+    both_sides = per_subject[has_both]
+    summary = {
+        "subjects": len(per_subject),
+        "subjects_both_sides": len(both_sides),
+        "sides_agree": float(both_sides["sides_agree"].mean()) if len(both_sides) else np.nan,
+        "mean_side_difference": float(both_sides["side_difference"].mean())
+        if len(both_sides)
+        else np.nan,
+        "views_agree": float(np.mean(view_pairs)) if view_pairs else np.nan,
+    }
+    return per_subject.reset_index(), summary

@@ -1,0 +1,167 @@
+"""What the models say on unlabelled real mammograms: do a woman's views agree, does density follow gray?
+
+    # from the root, after stage 0 and stage 2 on real images (Prediction_ResNet.py --images)
+    python tools/real_image_check.py --predictions runs/real_pred_nyu runs/real_pred_cbis \\
+        --images runs/stage0_nyu runs/stage0_cbis --out runs/real_check
+
+Real mammograms without density labels cannot score a model, but two things
+can be checked without labels:
+
+* **Agreement between views** (``metrics.view_consistency``): a woman's two
+  breasts almost always share a density class, and the CC and MLO views of a
+  breast show the same tissue. A model that transfers agrees with itself; one
+  that reacts to what it never saw in training often does not.
+* **Density against mean gray**: on real mammograms the breast's mean gray
+  level alone separates fatty from dense breasts well (it is the baseline a
+  model must beat). The Spearman rank correlation between each image's
+  expected density (0 = A ... 3 = D, from the predicted probabilities) and its
+  breast mean gray says whether the model at least follows that signal; a
+  model near zero or negative has learned something else.
+
+With a handful of images both are indications, not measurements. Writes
+``images.csv`` (one row per image), ``view_consistency.csv`` (one per
+subject), ``summary.csv`` and ``density_vs_gray.png`` to ``--out``. Seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the prediction reader imports TensorFlow
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "myproject"))
+
+import matplotlib  # noqa: E402
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from scipy.stats import spearmanr  # noqa: E402
+
+from breastdensity.baseline import breast_statistics  # noqa: E402
+from breastdensity.conventions import CLASSES, MASKS_FOLDER, PROJECTIONS, DatasetError  # noqa: E402
+from breastdensity.files import atomic_write  # noqa: E402
+from breastdensity.metrics import expected_density, view_consistency  # noqa: E402
+from breastdensity.predictions import read_predictions  # noqa: E402
+
+MARKERS = {"CC_R": "o", "CC_L": "s", "MLO_R": "^", "MLO_L": "v"}
+
+
+def read_prediction_folders(folders: list[Path]) -> dict[str, pd.DataFrame]:
+    """Every projection's predictions of all folders, one table per projection."""
+    tables: dict[str, list[pd.DataFrame]] = {p: [] for p in PROJECTIONS}
+    for folder in folders:
+        found = False
+        for projection in PROJECTIONS:
+            table = read_predictions(folder, projection)
+            if table is not None:
+                tables[projection].append(table)
+                found = True
+        if not found:
+            raise DatasetError(f"{folder}: no predictions_<proj>.csv (run Prediction_ResNet.py)")
+    return {p: pd.concat(t, ignore_index=True) for p, t in tables.items() if t}
+
+
+def find_images(names: list[str], roots: list[Path]) -> list[Path]:
+    """The image file of each name in the stage-0 folders (masks left out); one match each."""
+    index: dict[str, list[Path]] = {}
+    for root in roots:
+        if not root.is_dir():
+            raise DatasetError(f"image folder {root} does not exist")
+        for path in root.rglob("*.png"):
+            if MASKS_FOLDER not in path.relative_to(root).parts:
+                index.setdefault(path.name, []).append(path)
+    paths = []
+    for name in names:
+        matches = index.get(name, [])
+        if len(matches) != 1:
+            where = ", ".join(map(str, roots))
+            problem = "not found" if not matches else f"found {len(matches)} times"
+            raise DatasetError(f"{name}: {problem} in {where}; give the folders stage 2 predicted")
+        paths.append(matches[0])
+    return paths
+
+
+def image_table(tables: dict[str, pd.DataFrame], roots: list[Path]) -> pd.DataFrame:
+    """One row per image: subject, projection, predicted class, expected density, mean gray."""
+    frame = pd.concat(tables.values(), ignore_index=True)
+    frame["density"] = expected_density(frame[list(CLASSES)])
+    paths = find_images(frame["filename"].tolist(), roots)
+    frame["mean_gray"] = breast_statistics(paths)[:, 0] / 255.0  # the 0-1 scale of realism.py
+    columns = ["filename", "subject", "projection", "predicted_label", "density", "mean_gray"]
+    return frame[columns].sort_values(["subject", "projection"], ignore_index=True)
+
+
+def plot_density_against_gray(images: pd.DataFrame, rho: float, path: Path) -> None:
+    """Expected density against breast mean gray, one colour per subject, one marker per view."""
+    figure, axis = plt.subplots(figsize=(6.4, 4.6))
+    colours = plt.cm.tab10(np.arange(images["subject"].nunique()) % 10)
+    for colour, (subject, group) in zip(colours, images.groupby("subject"), strict=True):
+        for row in group.itertuples():
+            axis.scatter(
+                row.mean_gray, row.density, color=colour, marker=MARKERS[row.projection], s=60
+            )
+        axis.plot([], [], color=colour, marker="o", linestyle="", label=subject)
+    for projection, marker in MARKERS.items():
+        axis.plot([], [], color="gray", marker=marker, linestyle="", label=projection)
+    axis.set_yticks(range(len(CLASSES)), [f"{i} ({c})" for i, c in enumerate(CLASSES)])
+    axis.set_ylim(-0.2, len(CLASSES) - 0.8)
+    axis.set_xlabel("breast mean gray (0-1, after stage 0)")
+    axis.set_ylabel("expected density (class units)")
+    axis.set_title(
+        "Unlabelled real mammograms: expected density vs breast mean gray\n"
+        f"Spearman rho {rho:.2f} over {len(images)} images",
+        fontsize=10,
+    )
+    axis.legend(fontsize=7, loc="best")
+    axis.grid(alpha=0.3)
+    figure.tight_layout()
+    atomic_write(path, lambda temporary: figure.savefig(temporary, dpi=110, format="png"))
+    plt.close(figure)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--predictions", nargs="+", type=Path, required=True)
+    parser.add_argument("--images", nargs="+", type=Path, required=True)
+    parser.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+
+    tables = read_prediction_folders(args.predictions)
+    images = image_table(tables, args.images)
+    per_subject, summary = view_consistency(tables)
+    rho = float(spearmanr(images["density"], images["mean_gray"]).statistic)
+    summary = {"images": len(images), **summary, "spearman_density_gray": rho}
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    tables_out = {
+        "images.csv": images,
+        "view_consistency.csv": per_subject,
+        "summary.csv": pd.DataFrame([summary]),
+    }
+    for name, table in tables_out.items():
+        atomic_write(
+            args.out / name,
+            lambda temporary, table=table: table.to_csv(
+                temporary, index=False, float_format="%.4f"
+            ),
+        )
+    plot_density_against_gray(images, rho, args.out / "density_vs_gray.png")
+
+    print(images.to_string(index=False, float_format=lambda x: f"{x:.2f}"))
+    print(
+        f"\n{summary['subjects']} subjects, {summary['images']} images: fused sides agree for "
+        f"{summary['sides_agree']:.2f} of {summary['subjects_both_sides']} subjects (mean "
+        f"|right - left| {summary['mean_side_difference']:.2f} classes); CC and MLO agree for "
+        f"{summary['views_agree']:.2f} of sides; Spearman rho(density, mean gray) {rho:.2f}"
+    )
+    print(f"written: {args.out}/images.csv, view_consistency.csv, summary.csv, density_vs_gray.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
