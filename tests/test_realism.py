@@ -81,6 +81,7 @@ def test_cli_percentiles_auc_and_figures(tmp_path, rng):
             str(real),
             "--phantoms",
             f"demo={phantoms}",
+            f"pooled={phantoms},{phantoms}",
             "--out",
             str(out),
             "--size",
@@ -89,11 +90,13 @@ def test_cli_percentiles_auc_and_figures(tmp_path, rng):
     )
     features = pd.read_csv(out / "features.csv")
     assert (features["source"] == "real").sum() == 4 and (features["source"] == "demo").sum() == 12
+    assert (features["source"] == "pooled").sum() == 24  # two folders in one set
     percentiles = pd.read_csv(out / "percentiles.csv")
     assert (
-        len(percentiles) == 4 and percentiles[list(realism.FEATURES)].stack().between(0, 100).all()
+        len(percentiles) == 4 * 2  # a row per real image and phantom set
+        and percentiles[list(realism.FEATURES)].stack().between(0, 100).all()
     )
-    summary = pd.read_csv(out / "summary.csv").iloc[0]
+    summary = pd.read_csv(out / "summary.csv").set_index("phantoms").loc["demo"]
     assert 0.0 <= summary["loo_auc_real_vs_phantom"] <= 1.0
     assert summary["real_outside_5_95"] <= 4
     for name in ("realism_features.png", "realism_side_by_side.png", "realism_edges.png"):

@@ -1,8 +1,11 @@
 """How real do the phantoms look? Per-image features of real mammograms vs phantoms.
 
-    python tools/realism.py --real /work/runs/realism/stage0_nyu /work/runs/realism/stage0_cbis \\
-        --phantoms before=/work/runs/realism/phantoms_before after=/work/runs/realism/phantoms_after \\
-        --out /work/runs/realism/report
+    python tools/realism.py --real runs/stage0_nyu runs/stage0_cbis \\
+        --phantoms before=runs/phantoms_before after=runs/phantoms_after \\
+        --out runs/realism_report
+
+``NAME=A,B,C`` pools several phantom folders (say, three seeds) into one set,
+so that its numbers move less from one seed to the next.
 
 Real images must first go through stage 0 (``Preprocess_Mammograms.py``), so
 that real and phantom images are compared in the same preprocessed form: 8-bit,
@@ -315,7 +318,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         nargs="+",
         required=True,
         metavar="NAME=FOLDER",
-        help="phantom folders (Make_Phantoms.py output), each named, e.g. before=runs/old",
+        help="phantom folders (Make_Phantoms.py output), each named, e.g. before=runs/old; "
+        "NAME=A,B pools several folders into one set",
     )
     parser.add_argument("--out", type=Path, default=Path("runs/realism"), help="output folder")
     parser.add_argument("--size", type=int, default=256, help="measuring size (network input)")
@@ -334,7 +338,8 @@ def main(argv=None) -> int:
         name, _, folder = item.partition("=")
         if not folder:
             raise SystemExit(f"--phantoms {item!r}: write NAME=FOLDER, e.g. before=runs/old")
-        sets[name] = measure([Path(folder)], name, args.size, args.limit)
+        # several folders (seeds) pooled into one set: less seed noise in its AUC
+        sets[name] = measure([Path(f) for f in folder.split(",")], name, args.size, args.limit)
     pd.concat([real, *sets.values()]).to_csv(args.out / "features.csv", index=False)
 
     summary, tables = [], []
