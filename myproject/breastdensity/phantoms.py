@@ -4,17 +4,15 @@ Each phantom imitates a mammogram after the reference's preprocessing: 8-bit
 gray, background exactly 0, breast cropped at the skin line, chest wall on the
 image edge (right edge for right breasts, nipple pointing left; left breasts
 mirrored), and for MLO views the pectoral muscle replaced by the mean breast
-gray value. Recipe, per image (lengths relative to the image width; version 4):
+gray value. Recipe, per image (lengths relative to the image width; version 3):
 
 1. Outline: a super-ellipse against the chest wall (CC), or a tilted one with
    an axillary tail and a pectoral triangle in the upper chest-wall corner (MLO).
 2. Compressed breast: full thickness inside, rounded roll-off under the skin.
 3. Tissue built from structures: a glandular score (smooth prior behind the
    nipple + anisotropic power-law texture, beta ~ 3.2 CC / 3.3 MLO, + fibrous
-   texture converging on the nipple, streaky since version 4) inside a
-   subcutaneous and retromammary fat envelope; the glandular tissue itself is
-   strands and nodules with fat lobules between them (version 4), no uniform
-   slab; Cooper's ligaments as thin septa bounding fat lobules
+   texture converging on the nipple) inside a subcutaneous and retromammary
+   fat envelope; Cooper's ligaments as thin septa bounding fat lobules
    (warped Voronoi cells); a fine reticular mesh of trabeculae through the
    fat (zero crossings of a random field; version 3); vessels. Textures are
    made in a frame ``aspect``
@@ -22,9 +20,8 @@ gray value. Recipe, per image (lengths relative to the image width; version 4):
    squeeze a real breast.
 4. Dense mask: exactly the target percent density (PD) of the breast area
    (pectoral excluded) where the glandular score is highest; the image uses
-   the soft glandular fraction, half glandular on the mask's border and
-   thinning out across it over a random width (version 4), so the mask is
-   exact ground truth of the bright tissue without being a hard-edged cloud.
+   the soft glandular fraction, so the mask is exact ground truth of the
+   bright tissue without being a hard-edged cloud.
 5. Projection and display: log-attenuation signal (fat 1, gland
    1 + contrast), peripheral equalisation (strong on digital images, so the
    fat's texture reaches the skin), a VOI window below fat and above gland
@@ -69,7 +66,7 @@ from .conventions import (
 from .files import atomic_write, check_writable
 from .preprocessing import read_mask
 
-GENERATOR_VERSION = "4"
+GENERATOR_VERSION = "3"
 BIRADS_BANDS = {"A": (0.0, 25.0), "B": (25.0, 50.0), "C": (50.0, 75.0), "D": (75.0, 100.0)}
 # PD is sampled inside these sub-bands by default (margins between classes).
 PD_SAMPLING_BANDS = {"A": (2.0, 22.0), "B": (27.0, 48.0), "C": (53.0, 73.0), "D": (78.0, 92.0)}
@@ -106,9 +103,6 @@ class PhantomParameters:
     ligament_width: float  # half width, fraction of the image width
     trabeculae: float  # fine reticular strands through the fat, in units of gland_contrast
     trabecular_beta: float  # spectral exponent of their field: lower, a finer mesh
-    heterogeneity: float  # fat between the glandular strands and nodules (0: a uniform slab)
-    lobule_beta: float  # spectral exponent of the gland's fat lobules: lower, smaller lobules
-    border_softness: float  # how gradually the tissue thins out across the mask's border
     vessels: int
     equalisation: float  # peripheral equalisation (0: none, 1: thickness roll-off removed)
     display_curve: str  # one of DISPLAY_CURVES
@@ -282,7 +276,7 @@ def _glandular_score(
     spread_x, spread_y = rng.uniform(0.30, 0.45) * width, rng.uniform(0.25, 0.40) * height
     prior = -(((cols - centre_x) / spread_x) ** 2 + ((rows - centre_y) / spread_y) ** 2)
     texture = power_law_noise((height, width), p.beta_texture, rng, p.aspect)
-    return rng.uniform(1.0, 1.8) * prior + 0.6 * texture + 0.7 * fibres
+    return rng.uniform(1.0, 1.8) * prior + 0.8 * texture + 0.4 * fibres
 
 
 def _fat_envelope(breast: np.ndarray, pectoral: np.ndarray, p: PhantomParameters) -> np.ndarray:
@@ -370,18 +364,6 @@ def _trabeculae(fibres: np.ndarray, p: PhantomParameters, rng: np.random.Generat
     return (lines * visibility).astype(np.float32)
 
 
-def _fibroglandular_strands(fine: np.ndarray, p: PhantomParameters, rng) -> np.ndarray:
-    """Where glandular tissue is within the dense region (0-1): strands with fat lobules between.
-
-    The fibrous texture converging on the nipple gives the strands; a power-law
-    field of lobules gives the rounded fat holes between them; a soft threshold
-    (a logistic) makes them tissue or fat, so about half of the area is strand.
-    """
-    lobules = power_law_noise(fine.shape, p.lobule_beta, rng, p.aspect)
-    field = 0.5 * fine + 0.8 * lobules
-    return (1.0 / (1.0 + np.exp(-2.0 * field / (field.std() + 1e-6)))).astype(np.float32)
-
-
 def _vessels(breast: np.ndarray, nipple_xy, p: PhantomParameters, rng) -> np.ndarray:
     """A few meandering vessels from the chest wall toward the nipple (0-1)."""
     height, width = breast.shape
@@ -465,9 +447,6 @@ def sample_parameters(
         ligament_width=round(float(rng.uniform(0.0015, 0.0035)), 5),
         trabeculae=uniform(0.2, 0.7),
         trabecular_beta=uniform(2.3, 3.2),
-        heterogeneity=uniform(0.3, 0.7),
-        lobule_beta=uniform(3.0, 3.8),
-        border_softness=uniform(0.15, 0.5),
         vessels=int(rng.integers(2, 7)),
         equalisation=round(float(equalisation), 3),
         display_curve=str(rng.choice(DISPLAY_CURVES)),
@@ -553,24 +532,14 @@ def render_phantom(parameters: PhantomParameters) -> Phantom:
     # Glandular fraction: the mask with soft edges, denser deeper inside (higher score);
     # faint sub-threshold tissue outside. The bright tissue is exactly the mask's.
     threshold = score[dense].min() if dense.any() else score[tissue_region].max()
-    softness = p.border_softness * float(score[tissue_region].std() + 1e-6)
+    softness = 0.35 * float(score[tissue_region].std() + 1e-6)
     depth = 1.0 / (1.0 + np.exp(-np.clip((score - threshold) / softness, -30, 30)))
     edge = cv2.GaussianBlur(dense.astype(np.float32), (0, 0), 0.02 * width)
-    envelope = cv2.GaussianBlur(eligible.astype(np.float32), (0, 0), 0.01 * width)
+    glandular = edge * (0.75 + 0.25 * depth) + 0.15 * depth * (1.0 - edge) * eligible
     fine = radial_texture(
         (height, width), nipple_xy, 2.6, p.fibre_anisotropy, p.aspect, texture_rng
     )
-    # Fibroglandular tissue is no uniform slab: strands and nodules of gland converging on
-    # the nipple with fat lobules between them (version 4), denser in denser breasts.
-    strands = _fibroglandular_strands(fine, p, texture_rng)
-    heterogeneity = p.heterogeneity * (1.0 - 0.5 * p.target_pd / 100.0)
-    # Fat between the strands, as much gland as a uniform slab on average: the strands are
-    # brighter than the slab would be.
-    inside = ((1.0 - heterogeneity) + heterogeneity * strands) / (1.0 - 0.5 * heterogeneity)
-    # The tissue thins out gradually across the mask's border (half glandular on it), as
-    # real fibroglandular tissue does: no hard-edged patch.
-    glandular = (0.3 * edge + 0.7 * depth) * inside * envelope
-    glandular = np.clip(glandular, 0.0, 1.5)
+    glandular = np.clip(glandular * (0.85 + 0.2 * fine), 0.0, 1.2)
     ligaments = _ligaments((height, width), p, texture_rng) * (1.0 - 0.7 * glandular)
     vessels = _vessels(breast, nipple_xy, p, texture_rng)
     trabeculae = _trabeculae(fibres, p, texture_rng) * (1.0 - 0.6 * glandular)
