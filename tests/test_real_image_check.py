@@ -79,7 +79,8 @@ def test_cli_on_unlabelled_predictions(tmp_path):
                 image,
             )
         tables[projection] = table(projection, {s: ONE_HOT[c] for s, c in class_of.items()})
-    write_png(images / "Masks" / "x" / unlabelled_file_name("w1", "CC_R"), image)  # ignored
+    for masks in ("Masks", "DenseMasks"):  # same names as the images, left out
+        write_png(images / masks / "x" / unlabelled_file_name("w1", "CC_R"), image)
     write_predictions(predictions, tables)
     out = tmp_path / "check"
     assert (

@@ -18,7 +18,10 @@ can be checked without labels:
   breast mean gray says whether the model at least follows that signal; a
   model near zero or negative has learned something else.
 
-With a handful of images both are indications, not measurements. Writes
+With a handful of images both are indications, not measurements. The same
+command on a phantom set (``--images`` a ``Make_Phantoms.py`` output, its
+``DenseMasks/`` left out) gives the in-domain reference: how much a model
+agrees with itself on images like those it was trained on. Writes
 ``images.csv`` (one row per image), ``view_consistency.csv`` (one per
 subject), ``summary.csv`` and ``density_vs_gray.png`` to ``--out``. Seconds.
 """
@@ -43,12 +46,19 @@ import pandas as pd  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
 
 from breastdensity.baseline import breast_statistics  # noqa: E402
-from breastdensity.conventions import CLASSES, MASKS_FOLDER, PROJECTIONS, DatasetError  # noqa: E402
+from breastdensity.conventions import (  # noqa: E402
+    CLASSES,
+    DENSE_MASKS,
+    MASKS_FOLDER,
+    PROJECTIONS,
+    DatasetError,
+)
 from breastdensity.files import atomic_write  # noqa: E402
 from breastdensity.metrics import expected_density, view_consistency  # noqa: E402
 from breastdensity.predictions import read_predictions  # noqa: E402
 
 MARKERS = {"CC_R": "o", "CC_L": "s", "MLO_R": "^", "MLO_L": "v"}
+MAX_LEGEND_SUBJECTS = 10
 
 
 def read_prediction_folders(folders: list[Path]) -> dict[str, pd.DataFrame]:
@@ -67,13 +77,13 @@ def read_prediction_folders(folders: list[Path]) -> dict[str, pd.DataFrame]:
 
 
 def find_images(names: list[str], roots: list[Path]) -> list[Path]:
-    """The image file of each name in the stage-0 folders (masks left out); one match each."""
+    """The image file of each name in the image folders (masks left out); one match each."""
     index: dict[str, list[Path]] = {}
     for root in roots:
         if not root.is_dir():
             raise DatasetError(f"image folder {root} does not exist")
         for path in root.rglob("*.png"):
-            if MASKS_FOLDER not in path.relative_to(root).parts:
+            if not {MASKS_FOLDER, DENSE_MASKS} & set(path.relative_to(root).parts):
                 index.setdefault(path.name, []).append(path)
     paths = []
     for name in names:
@@ -105,7 +115,8 @@ def plot_density_against_gray(images: pd.DataFrame, rho: float, path: Path) -> N
             axis.scatter(
                 row.mean_gray, row.density, color=colour, marker=MARKERS[row.projection], s=60
             )
-        axis.plot([], [], color=colour, marker="o", linestyle="", label=subject)
+        if images["subject"].nunique() <= MAX_LEGEND_SUBJECTS:  # else colours only
+            axis.plot([], [], color=colour, marker="o", linestyle="", label=subject)
     for projection, marker in MARKERS.items():
         axis.plot([], [], color="gray", marker=marker, linestyle="", label=projection)
     axis.set_yticks(range(len(CLASSES)), [f"{i} ({c})" for i, c in enumerate(CLASSES)])
@@ -113,8 +124,8 @@ def plot_density_against_gray(images: pd.DataFrame, rho: float, path: Path) -> N
     axis.set_xlabel("breast mean gray (0-1, after stage 0)")
     axis.set_ylabel("expected density (class units)")
     axis.set_title(
-        "Unlabelled real mammograms: expected density vs breast mean gray\n"
-        f"Spearman rho {rho:.2f} over {len(images)} images",
+        "Expected density (predicted) vs breast mean gray, one colour per subject\n"
+        f"Spearman rho {rho:.2f} over {len(images)} images of {images['subject'].nunique()} subjects",
         fontsize=10,
     )
     axis.legend(fontsize=7, loc="best")
