@@ -127,6 +127,24 @@ def test_figure_merit_notebook_runs(predictions, tmp_path):
 
 
 @pytest.mark.slow
+def test_figure_merit_without_labels_still_checks_view_agreement(predictions, tmp_path):
+    # as after Prediction_ResNet.py --images: no true label, so no figure of merit
+    for csv in predictions.glob("*.csv"):
+        pd.read_csv(csv).assign(true_label="").to_csv(tmp_path / csv.name, index=False)
+        (tmp_path / csv.with_suffix(".txt").name).write_bytes(csv.with_suffix(".txt").read_bytes())
+    execute_notebook(
+        "Figure_merit.ipynb",
+        tmp_path / "executed.ipynb",
+        predictions_dir=str(tmp_path),
+        output_dir=str(tmp_path / "out"),
+        n_bootstrap=20,
+    )
+    assert pd.read_csv(tmp_path / "out" / "metrics.csv", index_col=0)["accuracy"].isna().all()
+    views = pd.read_csv(tmp_path / "out" / "view_consistency.csv")
+    assert len(views) == 8 and views["sides_agree"].notna().all()
+
+
+@pytest.mark.slow
 def test_figure_merit_with_txt_files_only_matches_by_position(
     predictions, phantom_test_set, tmp_path
 ):
