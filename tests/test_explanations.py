@@ -69,7 +69,12 @@ def test_integrated_gradients_completeness():
 
 def test_occlusion_finds_the_only_region_that_matters():
     # A toy model whose class-1 probability depends only on the top-left 16x16 corner.
-    model = corner_model(3.0)
+    # Unsaturated (class-1 probability 0.95), so occluding the corner drops it by about 0.05,
+    # far above float32 round-off (which made this test fail on some machines at weight 3,
+    # where the drop was 1e-6 and a patch outside the corner showed 6e-8).
+    model = corner_model(0.5)
     image = np.ones((1, 32, 32, 3), np.float32)
     maps = occlusion_sensitivity(model, image, [1], patch=0.25, stride=0.25)
-    assert maps[0, :16, :16].min() > 0 and maps[0, 16:, :].max() == 0 and maps[0, :, 16:].max() == 0
+    assert maps[0, :16, :16].min() > 1e-2
+    outside = np.concatenate([maps[0, 16:, :].ravel(), maps[0, :16, 16:].ravel()])
+    assert np.abs(outside).max() < 1e-6  # nothing there matters: no drop beyond round-off
