@@ -101,7 +101,8 @@ def image_table(tables: dict[str, pd.DataFrame], roots: list[Path]) -> pd.DataFr
     frame = pd.concat(tables.values(), ignore_index=True)
     frame["density"] = expected_density(frame[list(CLASSES)])
     paths = find_images(frame["filename"].tolist(), roots)
-    frame["mean_gray"] = breast_statistics(paths)[:, 0] / 255.0  # the 0-1 scale of realism.py
+    # every breast pixel (the trivial baseline's statistic), on the 0-1 scale
+    frame["mean_gray"] = breast_statistics(paths)[:, 0] / 255.0
     columns = ["filename", "subject", "projection", "predicted_label", "density", "mean_gray"]
     return frame[columns].sort_values(["subject", "projection"], ignore_index=True)
 
@@ -111,9 +112,9 @@ def plot_density_against_gray(images: pd.DataFrame, rho: float, path: Path) -> N
     figure, axis = plt.subplots(figsize=(6.4, 4.6))
     colours = plt.cm.tab10(np.arange(images["subject"].nunique()) % 10)
     for colour, (subject, group) in zip(colours, images.groupby("subject"), strict=True):
-        for row in group.itertuples():
+        for projection, view in group.groupby("projection"):
             axis.scatter(
-                row.mean_gray, row.density, color=colour, marker=MARKERS[row.projection], s=60
+                view["mean_gray"], view["density"], color=colour, marker=MARKERS[projection], s=60
             )
         if images["subject"].nunique() <= MAX_LEGEND_SUBJECTS:  # else colours only
             axis.plot([], [], color=colour, marker="o", linestyle="", label=subject)
@@ -121,7 +122,7 @@ def plot_density_against_gray(images: pd.DataFrame, rho: float, path: Path) -> N
         axis.plot([], [], color="gray", marker=marker, linestyle="", label=projection)
     axis.set_yticks(range(len(CLASSES)), [f"{i} ({c})" for i, c in enumerate(CLASSES)])
     axis.set_ylim(-0.2, len(CLASSES) - 0.8)
-    axis.set_xlabel("breast mean gray (0-1, after stage 0)")
+    axis.set_xlabel("breast mean gray (0-1, every breast pixel)")
     axis.set_ylabel("expected density (class units)")
     axis.set_title(
         "Expected density (predicted) vs breast mean gray, one colour per subject\n"

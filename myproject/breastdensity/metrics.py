@@ -367,6 +367,7 @@ def view_consistency(tables: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, dic
                 {
                     "subject": table["subject"].astype(str).to_numpy(),
                     "projection": projection,
+                    "predicted_label": table["predicted_label"].to_numpy(),  # the argmax
                     **{c: probabilities[:, i] for i, c in enumerate(CLASSES)},
                 }
             )
@@ -380,7 +381,6 @@ def view_consistency(tables: dict[str, pd.DataFrame]) -> tuple[pd.DataFrame, dic
             "file names must be <subject>_<CLASS>_<PROJ>.png (or <subject>_<PROJ>.png unlabelled)"
         )
     views["density"] = expected_density(views[list(CLASSES)])
-    views["predicted_label"] = np.array(CLASSES)[views[list(CLASSES)].to_numpy().argmax(axis=1)]
     per_subject = pd.DataFrame(index=sorted(views["subject"].unique()))
     per_subject.index.name = "subject"
     for projection in PROJECTIONS:
