@@ -7,7 +7,13 @@ import pandas as pd
 import pytest
 from conftest import REPO, write_png
 
-from breastdensity.conventions import CLASSES, DatasetError, ImageRecord, unlabelled_file_name
+from breastdensity.conventions import (
+    CLASSES,
+    DatasetError,
+    ImageRecord,
+    image_file_name,
+    unlabelled_file_name,
+)
 from breastdensity.metrics import expected_density, view_consistency
 from breastdensity.predictions import predictions_table, write_predictions
 
@@ -115,3 +121,45 @@ def test_cli_names_an_image_it_cannot_find(tmp_path):
                 str(tmp_path / "check"),
             ]
         )
+
+
+def test_cli_with_labels_scores_dense_against_the_mean_gray_baseline(tmp_path):
+    # Four labelled subjects; the model ranks dense above non-dense, while the gray is
+    # made to rank them the other way: AUC 1 for the model, 0 for the baseline.
+    labels = {"s1": "A", "s2": "B", "s3": "C", "s4": "D"}
+    gray_of = {"s1": 200, "s2": 150, "s3": 100, "s4": 50}
+    tables = {}
+    for projection in ("CC_R", "MLO_R"):
+        records = []
+        for subject, label in labels.items():
+            path = (
+                tmp_path
+                / "TestSet"
+                / projection
+                / "test"
+                / label
+                / image_file_name(subject, label, projection)
+            )
+            image = np.zeros((32, 32), np.uint8)
+            image[:, 8:] = gray_of[subject]
+            write_png(path, image)
+            records.append(ImageRecord(path, label, subject))
+        probabilities = ONE_HOT[[CLASSES.index(label) for label in labels.values()]]
+        tables[projection] = predictions_table(records, projection, probabilities)
+    write_predictions(tmp_path / "pred", tables)
+    out = tmp_path / "check"
+    real_image_check.main(
+        [
+            "--predictions",
+            str(tmp_path / "pred"),
+            "--images",
+            str(tmp_path / "TestSet"),
+            "--out",
+            str(out),
+        ]
+    )
+    summary = pd.read_csv(out / "summary.csv").iloc[0]
+    assert summary["dense_auc_model_image"] == 1.0 and summary["dense_auc_model_subject"] == 1.0
+    assert summary["dense_auc_gray_image"] == 0.0 and summary["dense_auc_gray_subject"] == 0.0
+    unlabelled = pd.read_csv(out / "images.csv").assign(true_label=np.nan)
+    assert np.isnan(real_image_check.dense_auc(unlabelled)["dense_auc_model_image"])

@@ -18,7 +18,12 @@ can be checked without labels:
   breast mean gray says whether the model at least follows that signal; a
   model near zero or negative has learned something else.
 
-With a handful of images both are indications, not measurements. The same
+* **With labels** (a labelled test tree predicted by stage 2), the measure the
+  team's held-out real sets are judged by: ROC AUC of dense (C + D) against
+  non-dense (A + B), per image and per subject (views averaged), of the model's
+  expected density and, on the same images, of the mean-gray baseline.
+
+With a handful of images the first two are indications, not measurements. The same
 command on a phantom set (``--images`` a ``Make_Phantoms.py`` output, its
 ``DenseMasks/`` left out) gives the in-domain reference: how much a model
 agrees with itself on images like those it was trained on. Writes
@@ -44,6 +49,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 from scipy.stats import spearmanr  # noqa: E402
+from sklearn.metrics import roc_auc_score  # noqa: E402
 
 from breastdensity.baseline import breast_statistics  # noqa: E402
 from breastdensity.conventions import (  # noqa: E402
@@ -54,7 +60,12 @@ from breastdensity.conventions import (  # noqa: E402
     DatasetError,
 )
 from breastdensity.files import atomic_write  # noqa: E402
-from breastdensity.metrics import expected_density, view_consistency  # noqa: E402
+from breastdensity.metrics import (  # noqa: E402
+    expected_density,
+    is_dense,
+    label_indices,
+    view_consistency,
+)
 from breastdensity.predictions import read_predictions  # noqa: E402
 
 MARKERS = {"CC_R": "o", "CC_L": "s", "MLO_R": "^", "MLO_L": "v"}
@@ -103,8 +114,39 @@ def image_table(tables: dict[str, pd.DataFrame], roots: list[Path]) -> pd.DataFr
     paths = find_images(frame["filename"].tolist(), roots)
     # every breast pixel (the trivial baseline's statistic), on the 0-1 scale
     frame["mean_gray"] = breast_statistics(paths)[:, 0] / 255.0
-    columns = ["filename", "subject", "projection", "predicted_label", "density", "mean_gray"]
+    columns = [
+        "filename",
+        *("subject", "projection", "true_label", "predicted_label"),
+        *("density", "mean_gray"),
+    ]
     return frame[columns].sort_values(["subject", "projection"], ignore_index=True)
+
+
+def dense_auc(images: pd.DataFrame) -> dict[str, float]:
+    """ROC AUC of dense (C + D) vs non-dense (A + B): the model's expected density and mean gray.
+
+    Per image, and per subject (its views' density and gray averaged). NaN
+    without labels on every image or with one side of the split only.
+    """
+    labels = images["true_label"]
+    names = [
+        f"dense_auc_{kind}_{level}" for level in ("image", "subject") for kind in ("model", "gray")
+    ]
+    if labels.isna().any() or labels.eq("").any():
+        return dict.fromkeys(names, np.nan)
+    per_subject = images.groupby("subject").agg(
+        true_label=("true_label", "first"),
+        density=("density", "mean"),
+        mean_gray=("mean_gray", "mean"),
+    )
+    scores = {}
+    for level, table in (("image", images), ("subject", per_subject)):
+        dense = is_dense(label_indices(table["true_label"]))
+        for kind, column in (("model", "density"), ("gray", "mean_gray")):
+            name = f"dense_auc_{kind}_{level}"
+            both = len(set(dense)) == 2
+            scores[name] = float(roc_auc_score(dense, table[column])) if both else np.nan
+    return scores
 
 
 def plot_density_against_gray(images: pd.DataFrame, rho: float, path: Path) -> None:
@@ -147,7 +189,7 @@ def main(argv=None) -> int:
     images = image_table(tables, args.images)
     per_subject, summary = view_consistency(tables)
     rho = float(spearmanr(images["density"], images["mean_gray"]).statistic)
-    summary = {"images": len(images), **summary, "spearman_density_gray": rho}
+    summary = {"images": len(images), **summary, "spearman_density_gray": rho, **dense_auc(images)}
 
     args.out.mkdir(parents=True, exist_ok=True)
     tables_out = {
@@ -171,6 +213,13 @@ def main(argv=None) -> int:
         f"|right - left| {summary['mean_side_difference']:.2f} classes); CC and MLO agree for "
         f"{summary['views_agree']:.2f} of sides; Spearman rho(density, mean gray) {rho:.2f}"
     )
+    if np.isfinite(summary["dense_auc_model_image"]):
+        print(
+            "dense (C + D) vs non-dense ROC AUC, model / mean-gray baseline: per image "
+            f"{summary['dense_auc_model_image']:.3f} / {summary['dense_auc_gray_image']:.3f}, "
+            f"per subject {summary['dense_auc_model_subject']:.3f} / "
+            f"{summary['dense_auc_gray_subject']:.3f}"
+        )
     print(f"written: {args.out}/images.csv, view_consistency.csv, summary.csv, density_vs_gray.png")
     return 0
 

@@ -56,10 +56,14 @@ def label_indices(labels) -> np.ndarray:
     return np.asarray(values, dtype=int)
 
 
+def is_dense(class_indices) -> np.ndarray:
+    """Dense (C, D) or not (A, B), for class indices 0-3."""
+    return np.asarray(class_indices) >= CLASSES.index("C")
+
+
 def dense_accuracy(y_true, y_pred) -> float:
     """Accuracy of the dense (C, D) vs non-dense (A, B) decision."""
-    y_true, y_pred = np.asarray(y_true), np.asarray(y_pred)
-    return float(np.mean((y_true >= 2) == (y_pred >= 2)))
+    return float(np.mean(is_dense(y_true) == is_dense(y_pred)))
 
 
 def kappa(y_true, y_pred, weights: str | None) -> float:
