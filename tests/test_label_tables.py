@@ -288,3 +288,37 @@ def test_use_dataset_split_keeps_the_dataset_test_split():
         )
     with pytest.raises(ValueError, match="sum to 1"):
         assign_splits(rows, (0.5, 0.2, 0.2), seed=1)
+
+
+def test_mias_info_txt_header_lesion_lines_and_pairs(tmp_path):
+    info = tmp_path / "Info.txt"
+    info.write_text(
+        "MIAS MiniMammographic Database\n\nmdb001 G CIRC B 535 425 197\nmdb001 G CIRC B 1 2 3\n"
+        "mdb002 D NORM\nmdb003 F CALC B\nmdb004 F NORM\n1) notes that mention mdb001\n",
+        encoding="latin-1",
+    )
+    for number in (1, 2, 3):
+        touch(tmp_path / f"mdb{number:03d}.pgm")
+    table = read_labels("mias", tmp_path, [info])
+    assert records(table) == [
+        ("mdb001.pgm", "mias001", "R", "MLO", "B", ""),
+        ("mdb002.pgm", "mias001", "L", "MLO", "C", ""),
+        ("mdb003.pgm", "mias002", "R", "MLO", "A", ""),
+    ]
+    assert table.rows.sort_values("file")["source_density"].tolist() == ["G", "D", "F"]
+    assert table.missing_images == [str(tmp_path / "mdb004.pgm")]
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("mdb001 G NORM\nmdb001 D CIRC B 1 2 3\n", "line 2: mdb001 has background tissue D"),
+        ("mdb001 X NORM\n", "line 1: 'mdb001 X NORM' is not"),
+        ("REFNUM BG CLASS\n", "no 'mdbNNN F|G|D"),
+    ],
+)
+def test_mias_info_txt_problems_are_named(tmp_path, text, words):
+    info = tmp_path / "Info.txt"
+    info.write_text(text)
+    with pytest.raises(DatasetError, match=words):
+        read_labels("mias", tmp_path, [info])

@@ -7,7 +7,7 @@ import pandas as pd
 import Prediction_ResNet
 import Preprocess_Mammograms
 import pytest
-from conftest import MYPROJECT, untrained_model_set
+from conftest import cbis_exam, untrained_model_set
 
 from breastdensity.conventions import PROJECTIONS, list_unlabelled_images
 from breastdensity.metrics import (
@@ -18,16 +18,21 @@ from breastdensity.metrics import (
 )
 from breastdensity.predictions import read_predictions
 
+# Stage 0 names unlabelled DICOMs after their PatientID ("Mass-Test_P_00173_LEFT_CC" ...)
+# without the side and view words: one subject for the four views.
+SUBJECT = "Mass-Test_P_00173"
+
 
 @pytest.fixture(scope="module")
 def unlabelled(tmp_path_factory):
-    """Stage 0 on the four real PNGs (small), and an untrained 64 px model per projection."""
+    """Stage 0 on a real four-view exam (4 CBIS-DDSM DICOMs, small), and an untrained 64 px model
+    per projection."""
     root = tmp_path_factory.mktemp("unlabelled")
     assert (
         Preprocess_Mammograms.main(
             [
                 "--input",
-                str(MYPROJECT / "RealUnlabelled"),
+                str(cbis_exam()["rcc"].parent),
                 "--out",
                 str(root / "stage0"),
                 "--max-height",
@@ -65,7 +70,7 @@ def test_stage0_output_is_predicted_without_labels(unlabelled, tmp_path, capsys)
     for projection in PROJECTIONS:
         table = read_predictions(output, projection)
         assert len(table) == 1 and table["true_label"].isna().all()
-        assert table["subject"].tolist() == ["RealUnlabelled"]
+        assert table["subject"].tolist() == [SUBJECT]
         np.testing.assert_allclose(table[list("ABCD")].sum(axis=1), 1.0, atol=1e-5)
         tables[projection] = table
     # stage 3: every group needs labels, so none is computed and the notes say why
@@ -100,9 +105,8 @@ def test_flat_folder_with_some_projections(unlabelled, tmp_path, capsys):
         "predictions_mlol.txt",
     ]
     table = pd.read_csv(output / "predictions_ccr.csv", keep_default_na=False)
-    assert table["true_label"].tolist() == [""] and table["filename"].tolist() == [
-        "RealUnlabelled_CC_R.png"
-    ]
+    assert table["true_label"].tolist() == [""]
+    assert table["filename"].tolist() == [f"{SUBJECT}_CC_R.png"]
     empty = tmp_path / "empty"
     empty.mkdir()
     assert predict(unlabelled, empty, tmp_path / "none") == 2

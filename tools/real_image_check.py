@@ -1,8 +1,8 @@
 """What the models say on unlabelled real mammograms: do a woman's views agree, does density follow gray?
 
     # from the root, after stage 0 and stage 2 on real images (Prediction_ResNet.py --images)
-    python tools/real_image_check.py --predictions runs/real_pred_nyu runs/real_pred_cbis \\
-        --images runs/stage0_nyu runs/stage0_cbis --out runs/real_check
+    python tools/real_image_check.py --predictions runs/real_pred_cbis \\
+        --images runs/stage0_cbis --out runs/real_check
 
 Real mammograms without density labels cannot score a model, but two things
 can be checked without labels:

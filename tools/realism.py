@@ -1,6 +1,6 @@
 """How real do the phantoms look? Per-image features of real mammograms vs phantoms.
 
-    python tools/realism.py --real runs/stage0_nyu runs/stage0_cbis \\
+    python tools/realism.py --real runs/stage0_cbis \\
         --phantoms before=runs/phantoms_before after=runs/phantoms_after \\
         --out runs/realism_report
 

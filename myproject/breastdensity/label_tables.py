@@ -25,6 +25,12 @@ formats, with their exact column names:
   anon_dicom_path, ImageLaterality, ViewPosition, FinalImageType`` (2D only).
 * ``inbreast`` (``INbreast.csv``, or ``.xls`` with xlrd): ``File Name, Laterality,
   View (CC/ML), ACR (1-4)``; images ``<File Name>_*.dcm``; footer rows ignored.
+* ``mias`` (mini-MIAS ``Info.txt`` as distributed): free header text, then
+  ``REFNUM BG CLASS [SEVERITY X Y RADIUS]`` per image and abnormality (an image
+  with two lesions has two lines); images ``<REFNUM>.pgm`` (or ``.png``/``.jpg``).
+  Films ``2w-1`` (right) and ``2w`` (left) are woman ``w``; every film is MLO.
+  The background tissue F / G / D becomes A-D by :data:`MIAS_DENSITY`, and the
+  original level is kept in ``source_density``.
 """
 
 from __future__ import annotations
@@ -40,8 +46,17 @@ import pydicom
 
 from .conventions import CLASSES, PROJECTIONS, DatasetError, parse_image_name
 
-FORMATS = ("folder", "csv", "vindr", "cbis-ddsm", "rsna", "embed", "inbreast")
-COLUMNS = ["file", "subject", "laterality", "view", "density", "dataset_split"]
+FORMATS = ("folder", "csv", "vindr", "cbis-ddsm", "rsna", "embed", "inbreast", "mias")
+COLUMNS = ["file", "subject", "laterality", "view", "density", "dataset_split", "source_density"]
+# MIAS grades background tissue in three levels, the models in four BI-RADS classes.
+# The three levels go to the three lowest classes in order: fatty -> A, fatty-glandular
+# (MIAS' most common level, like B in screening) -> B, dense-glandular -> C (dense,
+# the class most dense breasts of a screening population are in). D is then learnt from
+# phantoms only; the training targets can spread each label over its neighbours
+# (``Train_ResNet.py --targets ordinal``), which makes the exact choice matter less.
+MIAS_DENSITY = {"F": "A", "G": "B", "D": "C"}
+_MIAS_LINE = re.compile(r"^(mdb\d{3})\s+([FGD])\s+([A-Z]+)\b(.*)$")
+MIAS_SUFFIXES = (".pgm", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 SPLITS = ("train", "validation", "test")
 _NUMERIC_DENSITY = {1: "A", 2: "B", 3: "C", 4: "D"}
 _CBIS_ID = re.compile(r"^(Mass|Calc)-(Training|Test)_(P_\d{5})_(LEFT|RIGHT)_(CC|MLO)$")
@@ -96,6 +111,8 @@ def _view(value) -> str:
 
 
 def _finish(records: list[dict], missing: list[str], skipped: Counter) -> LabelTable:
+    for record in records:
+        record.setdefault("source_density", "")  # only some datasets grade otherwise than A-D
     rows = pd.DataFrame(records, columns=COLUMNS)
     return LabelTable(rows, missing, skipped)
 
@@ -358,6 +375,58 @@ def read_inbreast(input_dir: Path, path: Path) -> LabelTable:
     return _finish(records, missing, skipped)
 
 
+def read_mias(input_dir: Path, path: Path) -> LabelTable:
+    """mini-MIAS ``Info.txt``: one label per film, the two films of a woman one subject."""
+    if not path.is_file():
+        raise DatasetError(f"label file {path} does not exist")
+    try:
+        lines = path.read_text(encoding="latin-1").splitlines()
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot read it ({error.strerror})") from error
+    levels: dict[str, str] = {}
+    for number, line in enumerate(lines, start=1):
+        text = line.strip()
+        if not text.lower().startswith("mdb"):
+            continue  # the database's description, column notes, blank lines
+        match = _MIAS_LINE.match(text)
+        if match is None:
+            raise DatasetError(
+                f"{path}, line {number}: {text!r} is not 'REFNUM BG CLASS [SEVERITY X Y RADIUS]' "
+                "with BG one of F, G, D"
+            )
+        name, level = match.group(1), match.group(2)
+        if levels.setdefault(name, level) != level:  # two lesions: two lines, one tissue
+            raise DatasetError(
+                f"{path}, line {number}: {name} has background tissue {level} here and "
+                f"{levels[name]} on an earlier line"
+            )
+    if not levels:
+        raise DatasetError(f"{path}: no 'mdbNNN F|G|D ...' line; is it MIAS' Info.txt?")
+    files = {}
+    for candidate in input_dir.rglob("mdb*"):
+        if candidate.is_file() and candidate.suffix.lower() in MIAS_SUFFIXES:
+            files.setdefault(candidate.stem.lower(), candidate)
+    records, missing = [], []
+    for name, level in levels.items():
+        file = files.get(name)
+        if file is None:
+            missing.append(str(input_dir / f"{name}.pgm"))
+            continue
+        film = int(name[3:])
+        records.append(
+            {
+                "file": str(file),
+                "subject": f"mias{(film + 1) // 2:03d}",
+                "laterality": "R" if film % 2 else "L",
+                "view": "MLO",
+                "density": MIAS_DENSITY[level],
+                "dataset_split": "",
+                "source_density": level,
+            }
+        )
+    return _finish(records, missing, Counter())
+
+
 def read_labels(kind: str, input_dir: str | Path, label_files: list[Path] | None) -> LabelTable:
     """Read the labels of ``kind`` (one of FORMATS) for the images under ``input_dir``."""
     input_dir = Path(input_dir)
@@ -384,6 +453,8 @@ def read_labels(kind: str, input_dir: str | Path, label_files: list[Path] | None
         return read_embed(input_dir, label_files[0], label_files[1])
     if kind == "inbreast":
         return read_inbreast(input_dir, label_files[0])
+    if kind == "mias":
+        return read_mias(input_dir, label_files[0])
     raise ValueError(f"unknown label format {kind!r}; expected one of {', '.join(FORMATS)}")
 
 

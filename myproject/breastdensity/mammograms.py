@@ -49,7 +49,7 @@ from skimage.filters import threshold_multiotsu
 from .conventions import DatasetError
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
-RASTER_SUFFIXES = (".png", ".pgm", ".tif", ".tiff")
+RASTER_SUFFIXES = (".png", ".pgm", ".tif", ".tiff", ".jpg", ".jpeg")
 VIEWS = ("CC", "MLO")
 # Decoders for the compressed transfer syntaxes public datasets use, all
 # permissively licensed (pylibjpeg-libjpeg would also decode JPEG Lossless but
@@ -158,7 +158,7 @@ def is_candidate_image(path: Path) -> bool:
 
 
 def read_mammogram(path: str | Path, hints: dict | None = None) -> Mammogram:
-    """Decode a DICOM, PNG (8/16 bit), PGM or TIFF mammogram to display gray levels.
+    """Decode a DICOM, PNG (8/16 bit), PGM, TIFF or JPEG mammogram to display gray levels.
 
     Args:
         path: the image file.
@@ -185,7 +185,7 @@ def _read_raster(path: Path) -> Mammogram:
     image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if image is None:
         raise MammogramError(
-            f"{path}: not a readable image (corrupt, truncated, or not a PNG/PGM/TIFF); "
+            f"{path}: not a readable image (corrupt, truncated, or not a PNG/PGM/TIFF/JPEG); "
             "fix or remove it, or pass --skip-bad"
         )
     if image.ndim == 3:  # gray images saved as RGB(A)
@@ -452,6 +452,20 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
     return labels == 1 + int(np.argmax(stats[1:, cv2.CC_STAT_AREA]))
 
 
+def _flat_region_borders_tissue(image: np.ndarray, lowest: float, threshold: float) -> bool:
+    """Does the region at the lowest gray end at tissue (an already masked image), or
+    at dark film noise (a film whose background was partly clipped to black)?
+
+    Decided by the pixels in a 2-pixel ring around it: in a masked image they are
+    the skin line and fat, above the background threshold; on a film most are
+    background noise below it.
+    """
+    flat = (image == lowest).astype(np.uint8)
+    ring = cv2.dilate(flat, np.ones((5, 5), np.uint8)).astype(bool) & ~flat.astype(bool)
+    values = image[ring]
+    return values.size == 0 or float(np.median(values)) > threshold
+
+
 def segment_breast(image: np.ndarray) -> np.ndarray:
     """Breast mask of a display image (float [0, 1], any orientation): bool, same shape.
 
@@ -461,6 +475,19 @@ def segment_breast(image: np.ndarray) -> np.ndarray:
     component is the breast, and the threshold mask within the opening radius
     of it gives back the fine skin line.
     """
+    # A scanned film centred in a larger matrix (mini-MIAS pads every film to
+    # 1024 x 1024 with 0): the padding is not the film's background, and taken
+    # for a flat background it would make the whole film "breast". Segment the
+    # film's own rectangle (the box of pixels above the lowest gray).
+    lowest = float(image.min())
+    rows = np.flatnonzero((image > lowest).any(axis=1))
+    columns = np.flatnonzero((image > lowest).any(axis=0))
+    if rows.size and (rows.size < image.shape[0] or columns.size < image.shape[1]):
+        top, bottom, left, right = rows[0], rows[-1] + 1, columns[0], columns[-1] + 1
+        if (bottom - top) * (right - left) < image.size and min(bottom - top, right - left) > 8:
+            breast = np.zeros(image.shape, bool)
+            breast[top:bottom, left:right] = segment_breast(image[top:bottom, left:right])
+            return breast
     smooth = cv2.GaussianBlur(image, (0, 0), 1.0)
     # Background level: the most common gray of the darkest of three Otsu
     # classes (background, fat, dense tissue); below a two-class threshold a
@@ -476,7 +503,11 @@ def segment_breast(image: np.ndarray) -> np.ndarray:
     lowest = float(image.min())
     at_lowest = int(np.count_nonzero(image == lowest))
     just_above = int(np.count_nonzero((image > lowest) & (image <= lowest + 2.5 / 255)))
-    if at_lowest > 0.05 * image.size and just_above < 0.1 * at_lowest:
+    if (
+        at_lowest > 0.05 * image.size
+        and just_above < 0.1 * at_lowest
+        and _flat_region_borders_tissue(image, lowest, threshold)
+    ):
         # A perfectly flat background, not noise clipped by a window (an image
         # already masked, like the reference's): every pixel above it is breast.
         background, threshold = lowest, lowest + 0.5 / 255

@@ -162,6 +162,7 @@ def training_dataset(
     repeat: bool = False,
     cache: bool = False,
     num_classes: int = 4,
+    targets: np.ndarray | None = None,
 ) -> tf.data.Dataset:
     """Labelled tf.data pipeline for ``model.fit``: parallel decode + resize, augment, normalize.
 
@@ -178,9 +179,11 @@ def training_dataset(
         cache: keep the decoded, resized images in memory after the first
             pass (N x H x W x 4 bytes), so later epochs skip decoding; the
             augmentation still draws new transforms every epoch.
+        targets: (num_classes, num_classes) matrix whose row k is the target
+            of class k (default: the identity, one-hot targets).
 
     Yields:
-        ``(images, one_hot)``: (B, H, W, 3) float32 and (B, num_classes).
+        ``(images, targets)``: (B, H, W, 3) float32 and (B, num_classes).
         An unreadable file stops the pipeline (training checks every file first).
     """
     dataset = tf.data.Dataset.from_tensor_slices(
@@ -196,9 +199,11 @@ def training_dataset(
     if not cache:
         dataset = dataset.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
 
+    target_rows = tf.constant(np.eye(num_classes) if targets is None else targets, tf.float32)
+
     def finish(batch):
         images = batch["image"] if augment is None else augment(batch["image"])
-        return normalize(images), tf.one_hot(batch["label"], num_classes)
+        return normalize(images), tf.gather(target_rows, batch["label"])
 
     dataset = dataset.batch(batch_size).map(finish, num_parallel_calls=tf.data.AUTOTUNE)
     return dataset.prefetch(tf.data.AUTOTUNE)

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import time
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,6 +93,31 @@ def check_split(data_root: str | Path, split: str, projection: str) -> list[Imag
     return records
 
 
+def pooled_split(
+    data_roots: Sequence[str | Path], split: str, projections: Sequence[str]
+) -> tuple[list[ImageRecord], dict[str, int]]:
+    """The images of ``split`` from several data roots and projections, and their count per
+    ``root:projection``. Pairs without that split's folder are left out and reported as 0;
+    at least one must exist (real films, say, have no CC folder: phantoms provide it)."""
+    records, counts = [], {}
+    for root in data_roots:
+        for projection in projections:
+            key = f"{root}:{projection}"
+            if not split_dir(root, split, projection).is_dir():
+                counts[key] = 0
+                continue
+            found = check_split(root, split, projection)
+            records += found
+            counts[key] = len(found)
+    if not records:
+        folders = [str(split_dir(r, split, p)) for r in data_roots for p in projections]
+        raise DatasetError(
+            f"no {split} split found: none of {', '.join(folders[:4])}"
+            f"{' ...' if len(folders) > 4 else ''} exists"
+        )
+    return records, counts
+
+
 def build_augmentation(seed: int | None = 1) -> keras.Sequential:
     """The reference's augmentation: zoom 0.2, shifts 0.2, rotation 10 degrees, no flips.
 
@@ -152,6 +178,28 @@ def photometric_augmentation(images: tf.Tensor, seed: int | None = 1) -> tf.Tens
     return tf.clip_by_value(255.0 * x, 1.0, 255.0) * breast
 
 
+TARGETS = ("onehot", "ordinal")
+# Spread of the ordinal targets: class k's target is softmax(-ORDINAL_SPREAD * (j - k)^2)
+# over the classes j (Diaz & Marathe, "Soft labels for ordinal regression", CVPR 2019).
+# At 1.5 a B target is (0.15, 0.69, 0.15, 0.00): a neighbour costs little, two classes off a lot.
+ORDINAL_SPREAD = 1.5
+
+
+def target_matrix(kind: str, num_classes: int = len(CLASSES)) -> np.ndarray:
+    """Row k: the training target of class k. "onehot": the identity; "ordinal": soft
+    labels that put some weight on the neighbouring classes, so that confusing A with B
+    costs less than A with D, and a label known only to a class or so (MIAS' three
+    levels on four classes) is not asked with false precision."""
+    if kind == "onehot":
+        return np.eye(num_classes, dtype=np.float32)
+    if kind == "ordinal":
+        classes = np.arange(num_classes)
+        logits = -ORDINAL_SPREAD * (classes[None, :] - classes[:, None]) ** 2.0
+        weights = np.exp(logits)
+        return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+    raise ValueError(f"unknown targets {kind!r}; expected one of {', '.join(TARGETS)}")
+
+
 @dataclass
 class TrainingData:
     train: tf.data.Dataset
@@ -168,27 +216,41 @@ class TrainingData:
 
 
 def training_datasets(
-    data_root: str | Path,
-    projection: str,
+    data_root: str | Path | Sequence[str | Path],
+    projection: str | Sequence[str],
     image_size: tuple[int, int],
     global_batch_size: int,
     seed: int = 1,
     augment: bool = True,
     cache: bool | None = None,
     photometric: bool = False,
+    targets: str = "onehot",
 ) -> TrainingData:
     """Training (shuffled, augmented, repeated) and validation pipelines of one projection.
 
     Args:
+        data_root: one data root, or several whose images are trained on together
+            (real films and phantoms).
+        projection: one projection, or several trained on together (one
+            view-agnostic network); with several roots or projections, a root
+            that lacks a projection's folder is skipped.
         augment: the reference's geometric augmentation (training images only).
         photometric: add ``photometric_augmentation`` after it.
+        targets: "onehot" or "ordinal" training targets (:func:`target_matrix`);
+            validation always scores against one-hot labels.
         cache: keep decoded, resized images in memory after the first epoch.
             None (default): only if they take at most ``CACHE_LIMIT_BYTES``.
             On a 2-core machine decoding competes with training for the CPU;
             caching keeps the pipeline from slowing the model down.
     """
-    train_records = check_split(data_root, "train", projection)
-    validation_records = check_split(data_root, "validation", projection)
+    if isinstance(data_root, (str, Path)) and isinstance(projection, str):
+        train_records = check_split(data_root, "train", projection)
+        validation_records = check_split(data_root, "validation", projection)
+    else:
+        roots = [data_root] if isinstance(data_root, (str, Path)) else list(data_root)
+        projections = [projection] if isinstance(projection, str) else list(projection)
+        train_records, _ = pooled_split(roots, "train", projections)
+        validation_records, _ = pooled_split(roots, "validation", projections)
     if cache is None:
         needed = (len(train_records) + len(validation_records)) * image_size[0] * image_size[1] * 4
         cache = needed <= CACHE_LIMIT_BYTES
@@ -211,6 +273,7 @@ def training_datasets(
             augment=augmentation if training and (augment or photometric) else None,
             repeat=training,
             cache=cache,
+            targets=target_matrix(targets) if training else None,
         )
 
     train, validation = pipeline(train_records, True), pipeline(validation_records, False)
