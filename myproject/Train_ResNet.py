@@ -19,6 +19,12 @@ Examples::
     python Train_ResNet.py --projection all --data-root ../data/phantoms \\
         --models-root ../runs --img-size 128 --epochs 3
 
+    # real films and phantoms together, one network for the four projections
+    # (the shipped models' recipe: docs/MODELS.md)
+    python Train_ResNet.py --projection all --view-agnostic --targets ordinal \
+        --data-root ../data/mias ../data/phantoms --models-root ../runs/real --img-size 128 \
+        --batch-size 16 --epochs 20 --optimizer adam --learning-rate 3e-4 --lr-schedule cosine
+
     # continue after a crash or a preempted job (same settings, checked)
     python Train_ResNet.py --projection CC_R --resume
 

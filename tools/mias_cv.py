@@ -17,9 +17,11 @@ Scores, per fold and pooled over the held-out predictions:
 * ``auc_f_vs_d``: ROC AUC of the expected density (0 = A ... 3 = D) for
   fatty (F) against dense (D) films; ``auc_f_vs_gd`` for F against G + D;
 * ``kendall_tau``: Kendall's tau of the expected density against F < G < D;
-* the same for two label-free baselines on the same films: the mean gray of
-  the breast in the original film after a plain Otsu crop (``gray_otsu``), and
-  the mean gray of the breast in the stage-0 output (``gray_stage0``).
+* the same for label-free baselines on the same films: the mean gray above
+  the Otsu threshold (a plain crop of the breast) of the original film
+  (``gray_otsu``) and of the stage-0 output (``gray_otsu_stage0``): what stage 0
+  does to the density signal; and the mean gray over stage 0's breast mask
+  (``gray_stage0_breast``).
 
 Writes ``predictions.csv``, ``folds.csv`` (one row per fold, choice and score)
 and ``summary.csv`` (pooled) to ``--work``; an interrupted run is continued
@@ -136,16 +138,26 @@ def run_stage0(mias: Path, out: Path) -> pd.DataFrame:
     return manifest
 
 
+def otsu_mean(image: np.ndarray) -> float:
+    """Mean gray above the image's Otsu threshold: the breast of a plain crop."""
+    return float(image[image > threshold_otsu(image)].mean())
+
+
 def gray_baselines(manifest: pd.DataFrame, stage0: Path) -> pd.DataFrame:
-    """Mean breast gray of each film: plain Otsu crop of the original, and stage-0 output."""
-    otsu, after = [], []
+    """Mean breast gray of each film: the same plain Otsu statistic on the original film
+    and on the stage-0 output (what stage 0 does to the density signal), and the mean
+    over stage 0's own breast mask."""
+    otsu, otsu_after, breast_mean = [], [], []
     for row in manifest.itertuples(index=False):
         original = cv2.imread(row.source, cv2.IMREAD_UNCHANGED).astype(np.float32)
-        otsu.append(float(original[original > threshold_otsu(original)].mean()))
+        otsu.append(otsu_mean(original))
         image = cv2.imread(str(stage0 / row.file), cv2.IMREAD_UNCHANGED).astype(np.float32)
+        otsu_after.append(otsu_mean(image))
         breast = cv2.imread(str(stage0 / row.breast_mask), cv2.IMREAD_UNCHANGED) > 0
-        after.append(float(image[breast].mean()))
-    return manifest.assign(gray_otsu=otsu, gray_stage0=after)
+        breast_mean.append(float(image[breast].mean()))
+    return manifest.assign(
+        gray_otsu=otsu, gray_otsu_stage0=otsu_after, gray_stage0_breast=breast_mean
+    )
 
 
 def assign_folds(manifest: pd.DataFrame, folds: int, seed: int) -> pd.Series:
@@ -247,7 +259,7 @@ def main(argv=None) -> int:
         f"{len(manifest)} films of {manifest['subject'].nunique()} women, "
         f"levels {manifest['source_density'].value_counts().to_dict()}, {args.folds} folds"
     )
-    columns = ["gray_otsu", "gray_stage0"]
+    columns = ["gray_otsu", "gray_otsu_stage0", "gray_stage0_breast"]
     for targets in [] if args.baseline_only else args.targets:
         name = targets if args.phantoms is None else f"{targets}_phantoms"
         column = f"expected_{name}"

@@ -20,7 +20,8 @@ user would run it on their own exams:
    dense-tissue masks, so it scores against its estimate (flagged as such).
 
 Writes ``exams.csv`` (per view: true density, predicted class, expected
-density) and the README figure ``--figure`` (Grad-CAM of the predicted class
+density, and the mean gray above the Otsu threshold of the decoded DICOM and of
+the stage-0 output: how much of the density signal stage 0 keeps) and the README figure ``--figure`` (Grad-CAM of the predicted class
 per view, the true density in the row title).
 """
 
@@ -156,6 +157,32 @@ def gradcam_figure(models_root: Path, test_root: Path, predictions: pd.DataFrame
     print(f"figure: {target}")
 
 
+def otsu_mean(image: np.ndarray) -> float:
+    """Mean gray above the image's Otsu threshold (a plain crop of the breast), in [0, 1]."""
+    from skimage.filters import threshold_otsu
+
+    return float(image[image > threshold_otsu(image)].mean())
+
+
+def gray_before_after(manifest: pd.DataFrame, stage0: Path) -> pd.DataFrame:
+    """The plain mean-gray density statistic on the decoded DICOM and on the stage-0 output."""
+    from breastdensity.mammograms import read_mammogram
+    from breastdensity.preprocessing import read_grayscale
+
+    rows = []
+    for row in manifest.itertuples(index=False):
+        decoded = read_mammogram(row.source).display()
+        rows.append(
+            {
+                "exam": exam_of(row.subject),
+                "projection": row.projection,
+                "gray_decoded": otsu_mean(decoded),
+                "gray_stage0": otsu_mean(read_grayscale(stage0 / row.file) / 255.0),
+            }
+        )
+    return pd.DataFrame(rows)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=REPO / "runs" / "real_exams")
@@ -189,6 +216,7 @@ def main(argv=None) -> int:
         }
     )
     table.to_csv(out / "labels.csv", index=False)
+    gray = gray_before_after(manifest, unlabelled)
     labelled = out / "stage0_labelled"
     times["stage 0, labelled"] = run(
         ["Preprocess_Mammograms.py", "--input", str(cases_dir()), "--out", str(labelled)]
@@ -242,8 +270,16 @@ def main(argv=None) -> int:
                 expected_density=probabilities @ np.arange(len(CLASSES)),
             )
         )
-    exams = pd.concat(rows, ignore_index=True)
-    columns = ["exam", "projection", "filename", "true_label", "predicted_label", "expected_density"]
+    exams = pd.concat(rows, ignore_index=True).merge(gray, on=["exam", "projection"])
+    columns = [
+        "exam",
+        "projection",
+        "filename",
+        "true_label",
+        "predicted_label",
+        "expected_density",
+    ]
+    columns += ["gray_decoded", "gray_stage0"]
     exams[columns + list(CLASSES)].to_csv(out / "exams.csv", index=False, float_format="%.4f")
     print(exams[columns].to_string(index=False, float_format=lambda v: f"{v:.2f}"))
     consistency = out / "Prediction" / "view_consistency.csv"

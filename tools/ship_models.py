@@ -3,9 +3,10 @@
     python tools/ship_models.py --from runs/demo
 
 For each projection: the best checkpoint (by validation accuracy in its file
-name) re-saved without the optimizer (smaller, enough for prediction and
-Grad-CAM), the history files, history.csv, the curves plot and the training
-configuration. TensorBoard logs and final_weights.keras stay behind.
+name), or with ``--final`` the weights at the end of the run, re-saved without
+the optimizer (smaller, enough for prediction and Grad-CAM); the history files,
+history.csv, the curves plot and the training configuration. TensorBoard logs
+stay behind.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import keras  # noqa: E402
 
 from breastdensity.conventions import (  # noqa: E402
     CONFIG_FILE,
+    FINAL_WEIGHTS,
     PROJECTIONS,
     best_checkpoint,
     model_dir,
@@ -39,12 +41,18 @@ def main() -> None:
     parser.add_argument(
         "--to", type=Path, default=REPO / "myproject", help="models root to ship into"
     )
+    parser.add_argument(
+        "--final",
+        action="store_true",
+        help=f"ship {FINAL_WEIGHTS} (the weights at the end of the run, as cross-validation "
+        "scored them) instead of the best checkpoint by validation accuracy",
+    )
     args = parser.parse_args()
     for projection in PROJECTIONS:
         source, target = model_dir(args.source, projection), model_dir(args.to, projection)
-        best = best_checkpoint(source)
-        if best is None:
-            raise SystemExit(f"no checkpoint in {source}")
+        best = source / FINAL_WEIGHTS if args.final else best_checkpoint(source)
+        if best is None or not best.is_file():
+            raise SystemExit(f"no {'final weights' if args.final else 'checkpoint'} in {source}")
         if target.exists():
             shutil.rmtree(target)
         target.mkdir(parents=True)
