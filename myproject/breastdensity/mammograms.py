@@ -466,6 +466,24 @@ def _flat_region_borders_tissue(image: np.ndarray, lowest: float, threshold: flo
     return values.size == 0 or float(np.median(values)) > threshold
 
 
+def _film_extent(content: np.ndarray) -> np.ndarray:
+    """Indices of the rows (or columns) that are film, from each one's share of pixels above
+    the lowest gray: at either end, a band wider than 2 % of the image whose lines have
+    at most 1 % content is padding; otherwise only lines without any content are."""
+    kept = np.flatnonzero(content > 0)
+    if kept.size == 0:
+        return kept
+    start, stop = kept[0], kept[-1] + 1
+    dense = np.flatnonzero(content > 0.01)
+    if dense.size:
+        band = max(1, int(0.02 * content.size))
+        if dense[0] - start >= band:
+            start = dense[0]
+        if stop - (dense[-1] + 1) >= band:
+            stop = dense[-1] + 1
+    return np.arange(start, stop)
+
+
 def segment_breast(image: np.ndarray) -> np.ndarray:
     """Breast mask of a display image (float [0, 1], any orientation): bool, same shape.
 
@@ -480,8 +498,11 @@ def segment_breast(image: np.ndarray) -> np.ndarray:
     # for a flat background it would make the whole film "breast". Segment the
     # film's own rectangle (the box of pixels above the lowest gray).
     lowest = float(image.min())
-    rows = np.flatnonzero((image > lowest).any(axis=1))
-    columns = np.flatnonzero((image > lowest).any(axis=0))
+    content = image > lowest
+    # (a few stray pixels in the padding, a scanner line, do not make it film; but a
+    # band of less than 2 % of the image is a masked breast's thin tip, not padding)
+    rows = _film_extent(content.mean(axis=1))
+    columns = _film_extent(content.mean(axis=0))
     if rows.size and (rows.size < image.shape[0] or columns.size < image.shape[1]):
         top, bottom, left, right = rows[0], rows[-1] + 1, columns[0], columns[-1] + 1
         if (bottom - top) * (right - left) < image.size and min(bottom - top, right - left) > 8:
