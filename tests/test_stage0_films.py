@@ -39,9 +39,10 @@ PAD = 40  # black columns either side of the film (MIAS centres and pads its fil
 def synthetic_film(seed: int, right: bool) -> tuple[np.ndarray, np.ndarray]:
     """(8-bit film, true breast mask) like a mini-MIAS MLO film.
 
-    Zero padding left and right; a film background of dark noise, partly clipped to
-    0 (as scanned films are); a bright film label in the background; the breast a
-    half-ellipse against the chest-wall edge (right for a right breast).
+    Zero padding left and right, crossed by a scanner line; a film background of
+    dark noise, partly clipped to 0 (as scanned films are), its unexposed edge
+    bright; a bright film label in the background; the breast a half-ellipse against the chest-wall edge (right for
+    a right breast).
     """
     rng = np.random.default_rng(seed)
     width = FILM - 2 * PAD
@@ -55,8 +56,11 @@ def synthetic_film(seed: int, right: bool) -> tuple[np.ndarray, np.ndarray]:
     film[breast] = tissue[breast]
     label_columns = slice(8, 40) if right else slice(width - 40, width - 8)
     film[10:22, label_columns] = 245  # "R MLO" burned in, away from the breast
+    edge = slice(0, 3) if right else slice(width - 3, width)
+    film[:, edge] = 200  # the film's unexposed edge on the nipple side
     image = np.zeros((FILM, FILM), np.uint8)
     image[:, PAD:-PAD] = np.clip(film, 0, 255).astype(np.uint8)
+    image[FILM - 3, 5 : FILM - 5] = 40  # a scanner line across film and padding
     mask = np.zeros((FILM, FILM), bool)
     mask[:, PAD:-PAD] = breast
     return image, mask
@@ -120,3 +124,25 @@ def test_qa_sheets_show_every_image(mias_folder, tmp_path, monkeypatch):
     assert Preprocess_Mammograms.main([*arguments, "--qa", str(qa)]) == 0
     assert qa.is_file() and (tmp_path / "qa-2.png").is_file()  # 6 images, 4 per sheet
     assert not (tmp_path / "qa-3.png").exists()
+
+
+SHARED_MIAS = Path(__file__).resolve().parents[2] / "shared" / "real-labelled" / "mias-train"
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(
+    not (SHARED_MIAS / "Info.txt").is_file(),
+    reason=f"the team's mini-MIAS copy is not at {SHARED_MIAS} (a clone has none)",
+)
+def test_real_mias_films_are_segmented_and_oriented(tmp_path):
+    """On the real films: MIAS stores every film with its chest wall on the side its number
+    says, so a film stage 0 mirrors is a segmentation that took film for breast."""
+    out = tmp_path / "out"
+    arguments = ["--input", str(SHARED_MIAS), "--out", str(out), "--labels", "mias"]
+    assert Preprocess_Mammograms.main([*arguments, "--split", "1", "0", "0", "--workers", "2"]) == 0
+    manifest = pd.read_csv(out / "manifest.csv")
+    assert len(manifest) == 216
+    # two films (mdb151/152: a breast wider than the film) touch both edges alike
+    assert manifest["mirrored"].sum() <= 2
+    assert manifest["pectoral_found"].mean() > 0.9
+    assert (manifest["breast_area_px"] / (manifest["height"] * manifest["width"])).max() < 0.98

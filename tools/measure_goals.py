@@ -41,7 +41,7 @@ from breastdensity.cam import to_image_size  # noqa: E402
 from breastdensity.conventions import (  # noqa: E402
     DENSE_MASKS,
     PROJECTIONS,
-    best_checkpoint,
+    default_model_path,
 )
 from breastdensity.explanation_quality import (  # noqa: E402
     DENSITY_SCORE_VALUES,
@@ -108,7 +108,7 @@ def classification(models_root: Path, data: Path, out: Path) -> dict[str, float]
 
 def maps(models_root: Path, data: Path, out: Path, projection: str = "CC_R") -> dict[str, float]:
     """Grad-CAM, the density map (and random) of one projection's model against the true masks."""
-    model = load_model(best_checkpoint(models_root / f"{projection}_model"))
+    model = load_model(default_model_path(models_root, projection))
     explainer = Explainer(model)
     rows = []
     test_images = prepare_test_images(
@@ -163,7 +163,7 @@ def randomisation(
 ) -> dict[str, float]:
     """Model-randomisation test of both maps: ``images`` test images (seeded choice), two
     networks of the same architecture with random weights (seeds 0 and 1)."""
-    model = load_model(best_checkpoint(models_root / f"{projection}_model"))
+    model = load_model(default_model_path(models_root, projection))
     explainer = Explainer(model)
     test_images = prepare_test_images(
         data / "TestSet", data / DENSE_MASKS / "TestSet", projection, explainer.size

