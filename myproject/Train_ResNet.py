@@ -219,7 +219,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         type=Path,
         default=None,
         metavar="MODELS_ROOT",
-        help="start from the weights of the best checkpoint in MODELS_ROOT/<PROJ>_model/ "
+        help="start from the weights of the best checkpoint in MODELS_ROOT/<PROJ>_model/, else its "
+        "final_weights.keras "
         "(any input size: the network ends in global average pooling) instead of random ones",
     )
     parser.add_argument(
@@ -432,6 +433,8 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
         )
         if args.init_from is not None:
             source = best_checkpoint(model_dir(args.init_from, projection))
+            if source is None and (model_dir(args.init_from, projection) / FINAL_WEIGHTS).is_file():
+                source = model_dir(args.init_from, projection) / FINAL_WEIGHTS  # shipped models
             if source is None:
                 raise SystemExit(
                     f"--init-from: no checkpoint in {model_dir(args.init_from, projection)}; "

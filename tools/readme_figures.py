@@ -35,7 +35,7 @@ from breastdensity.conventions import (  # noqa: E402
     CLASSES,
     DENSE_MASKS,
     PROJECTIONS,
-    best_checkpoint,
+    default_model_path,
 )
 from breastdensity.explanation_quality import network_input, prepare_test_images  # noqa: E402
 from breastdensity.explanations import METHOD_NAMES, Explainer  # noqa: E402
@@ -71,7 +71,7 @@ def overlay_grid(maps_dir: Path, target: Path) -> None:
 
 def maps_against_truth(root: Path, target: Path, projection: str = "CC_R") -> None:
     """Grad-CAM and the density map of one shipped image per class, the true dense tissue outlined."""
-    model = load_model(best_checkpoint(root / f"{projection}_model"))
+    model = load_model(default_model_path(root, projection))
     explainer = Explainer(model)
     test_images = prepare_test_images(
         root / "TestSet", root / DENSE_MASKS / "TestSet", projection, explainer.size
