@@ -70,19 +70,12 @@ def run(command: list[str], what: str) -> float:
 
 
 def run_notebook(name: str, output: Path, parameters: dict) -> float:
-    import papermill
+    """Stage 3 or 4 as the main job runs them (``Run_Example.run_notebook``), timed."""
+    from Run_Example import run_notebook as execute
 
     print(f"\n=== {name} ===", flush=True)
     started = time.perf_counter()
-    papermill.execute_notebook(
-        str(MYPROJECT / name),
-        str(output),
-        parameters=parameters,
-        cwd=str(MYPROJECT),
-        kernel_name="python3",
-        progress_bar=False,
-        extra_arguments=["--IPKernelApp.log_level=ERROR"],
-    )
+    execute(name, output, parameters)
     return time.perf_counter() - started
 
 

@@ -95,27 +95,22 @@ def check_split(data_root: str | Path, split: str, projection: str) -> list[Imag
 
 def pooled_split(
     data_roots: Sequence[str | Path], split: str, projections: Sequence[str]
-) -> tuple[list[ImageRecord], dict[str, int]]:
-    """The images of ``split`` from several data roots and projections, and their count per
-    ``root:projection``. Pairs without that split's folder are left out and reported as 0;
-    at least one must exist (real films, say, have no CC folder: phantoms provide it)."""
-    records, counts = [], {}
+) -> list[ImageRecord]:
+    """The images of ``split`` from several data roots and projections. A root without a
+    projection's folder contributes nothing to it (real films, say, have no CC folder:
+    phantoms provide it); at least one folder must exist."""
+    records = []
     for root in data_roots:
         for projection in projections:
-            key = f"{root}:{projection}"
-            if not split_dir(root, split, projection).is_dir():
-                counts[key] = 0
-                continue
-            found = check_split(root, split, projection)
-            records += found
-            counts[key] = len(found)
+            if split_dir(root, split, projection).is_dir():
+                records += check_split(root, split, projection)
     if not records:
         folders = [str(split_dir(r, split, p)) for r in data_roots for p in projections]
         raise DatasetError(
             f"no {split} split found: none of {', '.join(folders[:4])}"
             f"{' ...' if len(folders) > 4 else ''} exists"
         )
-    return records, counts
+    return records
 
 
 def build_augmentation(seed: int | None = 1) -> keras.Sequential:
@@ -249,8 +244,8 @@ def training_datasets(
     else:
         roots = [data_root] if isinstance(data_root, (str, Path)) else list(data_root)
         projections = [projection] if isinstance(projection, str) else list(projection)
-        train_records, _ = pooled_split(roots, "train", projections)
-        validation_records, _ = pooled_split(roots, "validation", projections)
+        train_records = pooled_split(roots, "train", projections)
+        validation_records = pooled_split(roots, "validation", projections)
     if cache is None:
         needed = (len(train_records) + len(validation_records)) * image_size[0] * image_size[1] * 4
         cache = needed <= CACHE_LIMIT_BYTES
