@@ -132,19 +132,42 @@ def dense_mask_path(masks_root: str | Path, projection: str, label: str, file_na
     return projection_test_folder(masks_root, projection) / label / file_name
 
 
+# What ModelCheckpoint writes with CHECKPOINT_PATTERN: epoch, then validation accuracy.
+_CHECKPOINT_NAME = re.compile(r"^weights-improvement-(?P<epoch>\d+)-(?P<accuracy>\d+\.\d+)\.keras$")
+
+
+def _checkpoint_fields(path: str | Path) -> re.Match:
+    match = _CHECKPOINT_NAME.match(Path(path).name)
+    if match is None:
+        raise ValueError(f"{path}: not a checkpoint name like weights-improvement-07-0.81.keras")
+    return match
+
+
 def checkpoint_epoch(path: str | Path) -> int:
     """Epoch number of a ``weights-improvement-EE-A.AA.keras`` file name."""
-    return int(Path(path).name.split("-")[2])
+    return int(_checkpoint_fields(path)["epoch"])
 
 
 def checkpoint_accuracy(path: str | Path) -> float:
     """Validation accuracy in a ``weights-improvement-EE-A.AA.keras`` file name."""
-    return float(Path(path).name.split("-")[3].removesuffix(".keras"))
+    return float(_checkpoint_fields(path)["accuracy"])
 
 
 def best_checkpoint(folder: str | Path) -> Path | None:
-    """The checkpoint with the highest validation accuracy in its name (latest epoch on ties)."""
-    candidates = sorted(Path(folder).glob("weights-improvement-*-*.keras"))
+    """The checkpoint with the highest validation accuracy in its name (latest epoch on ties).
+
+    Files that look like checkpoints but are not named as training names them
+    (``weights-improvement-01-abc.keras``, a copy ``... (1).keras``) are not
+    chosen, and a warning names them.
+    """
+    found = sorted(Path(folder).glob("weights-improvement-*.keras"))
+    candidates = [path for path in found if _CHECKPOINT_NAME.match(path.name)]
+    for other in sorted(set(found) - set(candidates)):
+        warnings.warn(
+            f"{other}: not named as training names checkpoints "
+            "(weights-improvement-EE-A.AA.keras); ignored when choosing the best one",
+            stacklevel=2,
+        )
     if not candidates:
         return None
     return max(candidates, key=lambda p: (checkpoint_accuracy(p), checkpoint_epoch(p)))

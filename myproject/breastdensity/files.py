@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -138,3 +139,136 @@ def _umask() -> int:
     umask = os.umask(0)
     os.umask(umask)
     return umask
+
+
+# ----------------------------------------------------------------------------
+# Folders a stage owns: it may replace only what it wrote
+# ----------------------------------------------------------------------------
+
+OUTPUT_MARK = ".breastdensity-output"  # written into every folder a stage creates and may replace
+
+
+class ForeignFolderError(UnwritableError):
+    """An output folder holds files the project did not write: it is not replaced."""
+
+
+def is_owned(folder: str | Path) -> bool:
+    """True if ``folder`` carries the mark of a folder a stage wrote."""
+    return (Path(folder) / OUTPUT_MARK).is_file()
+
+
+def mark_owned(folder: str | Path, stage: str) -> Path:
+    """Mark ``folder`` (created if needed) as written by ``stage``: a later run may replace it."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(
+        folder / OUTPUT_MARK,
+        f"written by {stage}; the project may replace this folder as a whole\n",
+    )
+    return folder
+
+
+def check_replaceable(folder: str | Path, what: str = "output folder") -> Path:
+    """Fail unless ``folder`` is missing, empty, or marked as written by a stage.
+
+    Called before any work, so that a swapped parameter (a test-image folder given
+    as an output folder) is refused rather than replaced.
+
+    Raises:
+        ForeignFolderError: naming the folder and a few of the files it holds.
+    """
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ForeignFolderError(
+            f"the {what} {folder} is a file, not a folder; choose another location"
+        )
+    if not folder.is_dir() or is_owned(folder):
+        return folder
+    content = sorted(entry.name for entry in folder.iterdir())
+    if content:
+        shown = ", ".join(content[:3]) + (", ..." if len(content) > 3 else "")
+        raise ForeignFolderError(
+            f"the {what} {folder} already holds files this project did not write ({shown}); "
+            "it would be replaced as a whole, so it is left alone: choose another folder, "
+            "or empty it yourself if its content can go"
+        )
+    return folder
+
+
+def replace_owned_folder(staging: str | Path, target: str | Path, stage: str) -> Path:
+    """``replace_folder`` for outputs: ``target`` must be replaceable, the result is marked."""
+    check_replaceable(target)
+    mark_owned(staging, stage)
+    return replace_folder(staging, target)
+
+
+# ----------------------------------------------------------------------------
+# One run per folder
+# ----------------------------------------------------------------------------
+
+LOCK_FILE = ".lock"
+
+
+class FolderBusyError(RuntimeError):
+    """Another run holds the folder."""
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, owned by another user
+        return True
+    return True
+
+
+def _lock_holder(lock: Path) -> tuple[int | None, str | None]:
+    try:
+        fields = dict(line.split("=", 1) for line in lock.read_text().splitlines() if "=" in line)
+        return int(fields["pid"]), fields.get("host")
+    except (OSError, ValueError, KeyError):
+        return None, None
+
+
+@contextlib.contextmanager
+def hold_folder(folder: str | Path, what: str = "folder") -> Iterator[Path]:
+    """Hold ``folder`` for this process for the duration of the block.
+
+    A lock file (process id and host) is created with ``O_EXCL``, so of two runs
+    started into one folder exactly one gets it; the other is refused with the
+    holder's process id. A lock whose process no longer runs on this host (a run
+    that was killed) is stale and taken over; a lock from another host (a shared
+    file system) is never presumed stale.
+
+    Raises:
+        FolderBusyError: another live run holds the folder.
+    """
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_FILE
+    host = socket.gethostname()
+    for _attempt in range(2):
+        try:
+            descriptor = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            pid, holder_host = _lock_holder(lock)
+            stale = pid is not None and holder_host == host and not _process_alive(pid)
+            if not stale:
+                who = f"process {pid} on {holder_host}" if pid is not None else "another run"
+                raise FolderBusyError(
+                    f"the {what} {folder} is in use by {who} (lock file {lock}): wait for that run "
+                    f"to finish or choose another folder; if no such run is going, delete {lock}"
+                ) from None
+            lock.unlink(missing_ok=True)
+            continue
+        with os.fdopen(descriptor, "w") as stream:
+            stream.write(f"pid={os.getpid()}\nhost={host}\n")
+        break
+    else:  # pragma: no cover - another process took the stale lock between our two attempts
+        raise FolderBusyError(f"the {what} {folder} was taken by another run just now; try again")
+    try:
+        yield folder
+    finally:
+        if _lock_holder(lock)[0] == os.getpid():
+            lock.unlink(missing_ok=True)

@@ -202,14 +202,21 @@ def read_predictions(
                 f"{txt_file}: expected {len(CLASSES)} columns, found {matrix.shape[1]}"
             )
     if csv_file.exists():
-        table = pd.read_csv(csv_file, dtype={"subject": str, "filename": str, "model": str})
+        try:
+            table = pd.read_csv(csv_file, dtype={"subject": str, "filename": str, "model": str})
+        except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as error:
+            raise DatasetError(
+                f"{csv_file}: not a readable prediction table ({type(error).__name__}: {error}); "
+                "regenerate it with Prediction_ResNet.py"
+            ) from error
         missing = [column for column in CSV_COLUMNS if column not in table.columns]
         if missing:
             raise DatasetError(f"{csv_file}: missing columns {', '.join(missing)}")
         bad_labels = sorted(set(table["true_label"].dropna()) - set(CLASSES))
         if bad_labels:
             raise DatasetError(f"{csv_file}: unknown true labels {bad_labels}")
-        probabilities = table[list(CLASSES)].to_numpy(np.float64)
+        check_rows_projection(table, projection, csv_file)
+        probabilities = numeric_probabilities(table, csv_file)
         check_probabilities(probabilities, str(csv_file), table["filename"].tolist())
         check_predicted_labels(table, probabilities, csv_file)
         if matrix is not None:
@@ -248,6 +255,40 @@ def read_predictions(
     table = predictions_table(records, projection, matrix)
     table.attrs["matched_by"] = "position"
     return table
+
+
+def check_rows_projection(table: pd.DataFrame, projection: str, source: Path) -> None:
+    """Every row of ``predictions_<proj>.csv`` must say it is of ``projection``.
+
+    A file renamed from another projection's (the CC_L predictions copied to
+    ``predictions_ccr.csv``) would otherwise be scored as CC_R.
+    """
+    stated = table["projection"].astype(str).to_numpy()
+    wrong = np.flatnonzero(stated != projection)
+    if len(wrong):
+        row = int(wrong[0])
+        raise DatasetError(
+            f"{source} is the {projection} prediction file, but {len(wrong)} of its {len(table)} "
+            f"rows are of {', '.join(sorted(set(stated[wrong])))} (row {row + 1}: "
+            f"{table['filename'].iloc[row]}); was another projection's file renamed? Regenerate "
+            "it with Prediction_ResNet.py"
+        )
+
+
+def numeric_probabilities(table: pd.DataFrame, source: Path) -> np.ndarray:
+    """The class columns as a float matrix; a cell that is not a number names its row."""
+    columns = table[list(CLASSES)]
+    numbers = columns.apply(pd.to_numeric, errors="coerce")
+    bad = numbers.isna() & columns.notna()
+    if bad.to_numpy().any():
+        row = int(np.flatnonzero(bad.any(axis=1).to_numpy())[0])
+        column = bad.columns[bad.iloc[row].to_numpy()][0]
+        raise DatasetError(
+            f"{source}, row {row + 1} ({table['filename'].iloc[row]}): the probability of "
+            f"{column} is {columns[column].iloc[row]!r}, not a number; regenerate the file with "
+            "Prediction_ResNet.py"
+        )
+    return numbers.to_numpy(np.float64)
 
 
 def check_predicted_labels(table: pd.DataFrame, probabilities: np.ndarray, source) -> None:

@@ -20,8 +20,11 @@ same decoding and normalisation.
 
 from __future__ import annotations
 
+import io
+import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import BinaryIO
 
 import cv2
 import numpy as np
@@ -34,7 +37,47 @@ class ImageReadError(ValueError):
     """An image file cannot be decoded; the message names the file."""
 
 
+# The largest full-field mammograms have about 4,000 x 6,000 pixels; ten times that is
+# still an image, more is a decompression bomb (a few KB of PNG declaring gigapixels).
+MAX_IMAGE_PIXELS = 2**28
+
+
+def raster_problem(stream: BinaryIO) -> str | None:
+    """Why a raster file must not be decoded, read from its header alone (None if fine).
+
+    PNG: the width and height of its IHDR chunk (a bomb declares gigapixels in a few KB).
+    TIFF: a second page (only the first would be read, the rest dropped unseen).
+    """
+    start = stream.read(24)
+    if len(start) == 24 and start[:8] == b"\x89PNG\r\n\x1a\n" and start[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", start[16:24])
+        if width * height > MAX_IMAGE_PIXELS:
+            return (
+                f"the PNG declares {width} x {height} pixels, more than any mammogram "
+                f"({MAX_IMAGE_PIXELS:,} at most); not decoded"
+            )
+    elif start[:4] in (b"II*\0", b"MM\0*"):
+        order = "<" if start[:2] == b"II" else ">"
+        try:
+            (first,) = struct.unpack(order + "I", start[4:8])
+            stream.seek(first)
+            (entries,) = struct.unpack(order + "H", stream.read(2))
+            stream.seek(first + 2 + 12 * entries)
+            (following,) = struct.unpack(order + "I", stream.read(4))
+        except struct.error:
+            return "truncated TIFF header"
+        if following != 0:
+            return (
+                "a TIFF with several pages (only one image per file is read): "
+                "save each page as its own file"
+            )
+    return None
+
+
 def _decode(data: bytes, path: str | Path) -> np.ndarray:
+    problem = raster_problem(io.BytesIO(data))
+    if problem is not None:
+        raise ImageReadError(f"{path}: {problem}")
     array = np.frombuffer(data, dtype=np.uint8)
     image = cv2.imdecode(array, cv2.IMREAD_UNCHANGED) if array.size else None
     if image is None:
@@ -42,6 +85,13 @@ def _decode(data: bytes, path: str | Path) -> np.ndarray:
             f"{path}: cannot decode the image (corrupt, truncated or not an image)"
         )
     return image
+
+
+def as_read_error(error: Exception, path: str | Path) -> ImageReadError:
+    """Any failure while reading one image, as the error that names the file."""
+    if isinstance(error, ImageReadError):
+        return error
+    return ImageReadError(f"{path}: cannot read the image ({type(error).__name__}: {error})")
 
 
 def to_grayscale(image: np.ndarray, path: str | Path = "<array>") -> np.ndarray:
@@ -80,6 +130,13 @@ def read_grayscale(path: str | Path) -> np.ndarray:
 
 def read_mask(path: str | Path) -> np.ndarray:
     """A dense-tissue (or breast) mask file as a bool (H, W) array (255 = inside)."""
+    try:
+        with open(path, "rb") as stream:
+            problem = raster_problem(stream)
+    except OSError as error:
+        raise ImageReadError(f"{path}: cannot read the mask ({error.strerror})") from error
+    if problem is not None:
+        raise ImageReadError(f"{path}: {problem}")
     mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
     if mask is None:
         raise ImageReadError(f"{path}: cannot read the mask")
@@ -136,9 +193,9 @@ def _decode_function(size: Sequence[int], tolerate_errors: bool):
     def read_one(path: bytes) -> tuple[np.ndarray, bool]:
         try:
             return load_resized(path.decode(), (height, width)), True
-        except ImageReadError:
+        except Exception as error:  # noqa: BLE001 - any failure of one file is that file's error
             if not tolerate_errors:
-                raise
+                raise as_read_error(error, path.decode()) from error
             return np.zeros((height, width, 1), np.float32), False
 
     def decode(element):
