@@ -37,9 +37,9 @@ import breastdensity.quiet  # noqa: F401  first: TensorFlow then starts without 
 
 # isort: split
 
-from breastdensity.conventions import MIN_IMAGE_SIZE
+from breastdensity.conventions import DENSE_MASKS, MIN_IMAGE_SIZE
 from breastdensity.files import UnwritableError
-from breastdensity.phantoms import PREVALENCE, generate_dataset, plot_examples
+from breastdensity.phantoms import MANIFEST_NAME, PREVALENCE, generate_dataset, plot_examples
 from breastdensity.raw_phantoms import write_raw_phantoms
 
 
@@ -90,7 +90,8 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         "--overwrite",
         action="store_true",
         help="replace a dataset this script generated in --out: deletes only the files its "
-        "manifest.csv lists, and nothing at all if the dataset folders hold anything else",
+        "manifest.csv (raw_manifest.csv with --raw) lists, and nothing at all if the dataset "
+        "folders hold anything else",
     )
     parser.add_argument(
         "--raw",
@@ -108,6 +109,10 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         )
     if args.seed < 0:
         parser.error("--seed must be >= 0")
+    if min(args.subjects) < 0 or sum(args.subjects) == 0:
+        parser.error(
+            f"--subjects must be >= 0 and not all 0, got {' '.join(map(str, args.subjects))}"
+        )
     if not math.isfinite(args.label_noise) or args.label_noise < 0:
         parser.error("--label-noise must be a finite number >= 0")
     if args.workers < 1:
@@ -115,18 +120,30 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     return args
 
 
+def _reason(error: OSError) -> str:
+    return f"{error.strerror or error}" + (f" ({error.filename})" if error.filename else "")
+
+
 def main(argv=None) -> int:
     args = parse_arguments(argv)
     started = time.perf_counter()
     if args.raw:
         images = 4 * sum(args.subjects)
-        if (args.out / "RawDICOM").exists() and not args.overwrite:
+        try:
+            manifest = write_raw_phantoms(
+                args.out, images, args.seed, tuple(args.size), overwrite=args.overwrite
+            )
+        except (ValueError, FileExistsError, UnwritableError) as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except OSError as error:
             print(
-                f"error: {args.out}/RawDICOM exists; choose another --out or pass --overwrite",
+                f"error: cannot write the raw phantoms in {args.out}: {_reason(error)}; the files "
+                "of this run were removed again: free some space or make the folder writable, "
+                "then run again",
                 file=sys.stderr,
             )
             return 2
-        manifest = write_raw_phantoms(args.out, images, args.seed, tuple(args.size))
         print(f"{images} raw DICOM phantoms in {time.perf_counter() - started:.1f} s; {manifest}")
         return 0
     try:
@@ -143,6 +160,15 @@ def main(argv=None) -> int:
         )
     except (ValueError, FileExistsError, UnwritableError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:
+        print(
+            f"error: cannot write the dataset in {args.out}: {_reason(error)}; the images written "
+            f"so far are in no {MANIFEST_NAME}, so --overwrite will not delete them: free some "
+            "space (or make the folder writable), move TrainingSet/ ValidationSet/ TestSet/ "
+            f"{DENSE_MASKS}/ out of {args.out}, then run again",
+            file=sys.stderr,
+        )
         return 2
     images = 4 * sum(args.subjects)
     elapsed = time.perf_counter() - started

@@ -17,8 +17,12 @@ without labels they go to ``OUT/Unlabelled/<PROJ>/<subject>_<PROJ>.png`` (stage 
 predicts them with ``Prediction_ResNet.py --images OUT``). Masks of breast and
 pectoral muscle go to ``OUT/Masks/<same tree>/<name>_{breast,pectoral}.png`` and
 ``OUT/manifest.csv`` has one row per image with how each decision was made.
-Nothing is written half: the output is assembled in a temporary folder beside
-``--out`` and renamed at the end; an existing non-empty ``--out`` is refused.
+Nothing is written half: the output is assembled in a hidden folder inside
+``--out`` and moved into place at the end (``manifest.csv`` last); an existing
+non-empty ``--out`` is refused (stage 0 never replaces a folder), and so is a
+second run into an ``--out`` that another run is writing. Any error leaves
+``--out`` and ``--qa`` as they were; with ``--skip-bad`` an image that cannot be
+read or preprocessed is listed in ``OUT/skipped.csv`` instead.
 
 Examples, from myproject/ (seconds)::
 
@@ -37,6 +41,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import math
 import multiprocessing
 import os
 import re
@@ -45,6 +50,7 @@ import sys
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from pathlib import Path
 
 import cv2
@@ -60,7 +66,14 @@ from breastdensity.conventions import (
     stage0_mask_path,
     unlabelled_file_name,
 )
-from breastdensity.files import atomic_write
+from breastdensity.files import (
+    LOCK_FILE,
+    FolderBusyError,
+    UnwritableError,
+    atomic_write,
+    check_writable,
+    hold_folder,
+)
 from breastdensity.label_tables import FORMATS, assign_splits, read_labels
 from breastdensity.mammograms import (
     MammogramError,
@@ -136,6 +149,16 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         parser.error("--workers must be at least 1")
     if args.max_height is not None and args.max_height < 32:
         parser.error("--max-height must be at least 32")
+    if args.split is not None:
+        if not all(math.isfinite(f) and f >= 0 for f in args.split):
+            parser.error(
+                f"--split needs three fractions >= 0, got {' '.join(map(str, args.split))}"
+            )
+        if not math.isclose(sum(args.split), 1.0, abs_tol=1e-6):
+            parser.error(
+                f"--split fractions must sum to 1, got {' + '.join(map(str, args.split))} "
+                f"= {sum(args.split):g}"
+            )
     return args
 
 
@@ -158,21 +181,35 @@ def _unlabelled_subject(path: Path, input_dir: Path) -> str:
     return subject or "subject"
 
 
-def _candidate_images(input_dir: Path) -> tuple[list[Path], list[Path]]:
-    images, ignored = [], []
+def _candidate_images(input_dir: Path) -> tuple[list[Path], list[Path], list[Path]]:
+    """(images, other files, hidden files): names starting with a dot, or in such a folder,
+    are ignored (system files like .DS_Store, copies in .git or .Trash) and counted."""
+    images, ignored, hidden = [], [], []
     for path in sorted(input_dir.rglob("*")):
-        hidden = any(part.startswith(".") for part in path.relative_to(input_dir).parts)
-        if path.is_file() and not hidden:
+        if not path.is_file():
+            continue
+        if any(part.startswith(".") for part in path.relative_to(input_dir).parts):
+            hidden.append(path)
+        else:
             (images if is_candidate_image(path) else ignored).append(path)
-    return images, ignored
+    return images, ignored, hidden
 
 
-def collect_jobs(args: argparse.Namespace) -> tuple[list[dict], list[tuple[str, str]], list[Path]]:
-    """(jobs, problems, ignored files). A job is one image with its labels and split."""
+def _file_size(path: Path) -> int:
+    try:
+        return path.stat().st_size
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot read it ({error.strerror or error})") from error
+
+
+def collect_jobs(
+    args: argparse.Namespace,
+) -> tuple[list[dict], list[tuple[str, str]], list[Path], list[Path]]:
+    """(jobs, problems, ignored files, hidden files). A job is one image with its labels and split."""
     input_dir = args.input
     if not input_dir.is_dir():
         raise DatasetError(f"--input {input_dir} is not a folder")
-    images, ignored = _candidate_images(input_dir)
+    images, ignored, hidden = _candidate_images(input_dir)
     problems: list[tuple[str, str]] = []
     jobs = []
     if args.labels is None:
@@ -211,10 +248,17 @@ def collect_jobs(args: argparse.Namespace) -> tuple[list[dict], list[tuple[str, 
         rows = rows.assign(split=assign_splits(rows, fractions, args.seed, args.use_dataset_split))
         for row in rows.itertuples(index=False):
             hints = {"laterality": row.laterality, "view": row.view, "source": "label table"}
+            subject = _clean_subject(str(row.subject))
+            if not subject:  # "RIGHT", "L-CC": the words a file name's side and view are read from
+                raise DatasetError(
+                    f"--labels-file: the subject {row.subject!r} of {row.file} is only side or "
+                    "view words (L, R, LEFT, RIGHT, CC, MLO ...), which cannot name a subject "
+                    "in the output file names; give each subject an id such as P001"
+                )
             jobs.append(
                 {
                     "source": Path(row.file),
-                    "subject": _clean_subject(str(row.subject)),
+                    "subject": subject,
                     "density": row.density,
                     "source_density": row.source_density,
                     "split": row.split,
@@ -223,18 +267,23 @@ def collect_jobs(args: argparse.Namespace) -> tuple[list[dict], list[tuple[str, 
             )
     # Duplicate images: the same bytes under two names. Only files of equal
     # size can be equal, so only those are hashed.
-    sizes = Counter(job["source"].stat().st_size for job in jobs)
+    sizes = Counter(_file_size(job["source"]) for job in jobs)
     seen: dict[str, Path] = {}
     unique = []
     for job in jobs:
-        if sizes[job["source"].stat().st_size] > 1:
-            digest = hashlib.sha1(job["source"].read_bytes()).hexdigest()
+        if sizes[_file_size(job["source"])] > 1:
+            try:
+                digest = hashlib.sha1(job["source"].read_bytes()).hexdigest()
+            except OSError as error:
+                raise DatasetError(
+                    f"{job['source']}: cannot read it ({error.strerror or error})"
+                ) from error
             if digest in seen:
                 problems.append((str(job["source"]), f"duplicate of {seen[digest]}"))
                 continue
             seen[digest] = job["source"]
         unique.append(job)
-    return unique, problems, ignored
+    return unique, problems, ignored, hidden
 
 
 # ----------------------------------------------------------------------------
@@ -267,20 +316,45 @@ def _png(array: np.ndarray, mask: bool = False) -> bytes:
 
 
 def process_job(task: tuple[int, dict, dict]) -> dict:
-    """Read, preprocess, encode and write one image; errors are returned, not raised.
+    """Read, preprocess, encode and write one image; errors of the image are returned, not raised.
+
+    Whatever goes wrong with one image (a decoder's, NumPy's or OpenCV's
+    exception included) becomes an error naming the file, so that the run
+    stops with it, or ``--skip-bad`` lists it; only a failure to write the
+    output (a full disk) and aborts (out of memory, Ctrl-C) stop the run.
 
     The PNGs go to ``<staging>/.pending/<number>-<k>.png`` (names no other job
     uses), so that the encoded megabytes never travel back to the main process;
     it moves them to their place once it has checked the name is not taken.
     """
     number, job, settings = task
+    source = job["source"]
     try:
-        mammogram = read_mammogram(job["source"], job["hints"])
-        result = preprocess(mammogram, settings["pectoral"], settings["max_height"])
+        result = _preprocess_job(job, settings)
     except OtherViewError as error:  # listed and skipped, whatever --skip-bad says
         return {"job": job, "error": str(error), "other_view": True}
     except MammogramError as error:
         return {"job": job, "error": str(error)}
+    except MemoryError as error:
+        raise MemoryError(f"{source}: out of memory while preprocessing it") from error
+    except Exception as error:  # noqa: BLE001 - the boundary of one image: any failure names it
+        return {
+            "job": job,
+            "error": f"{source}: cannot preprocess it ({type(error).__name__}: {error}); "
+            "check the file, or pass --skip-bad to leave it out",
+        }
+    files = {}
+    for k, (target, data) in enumerate(result.pop("encoded").items()):
+        pending = Path(settings["pending"]) / f"{number}-{k}.png"
+        pending.write_bytes(data)  # an OSError here is the output's problem: it stops the run
+        files[target] = pending
+    return {"job": job, "files": files, **result}
+
+
+def _preprocess_job(job: dict, settings: dict) -> dict:
+    """The encoded PNGs (by output path), manifest row, QA thumbnail and notes of one image."""
+    mammogram = read_mammogram(job["source"], job["hints"])
+    result = preprocess(mammogram, settings["pectoral"], settings["max_height"])
     projection = result.projection
     subject = job["subject"] or _clean_subject(mammogram.patient_id) or job["fallback_subject"]
     if job["density"] is not None:
@@ -293,11 +367,6 @@ def process_job(task: tuple[int, dict, dict]) -> dict:
         stage0_mask_path(relative, "breast"): _png(result.breast_mask, True),
         stage0_mask_path(relative, "pectoral"): _png(result.pectoral_mask, True),
     }
-    files = {}
-    for k, (target, data) in enumerate(encoded.items()):
-        pending = Path(settings["pending"]) / f"{number}-{k}.png"
-        pending.write_bytes(data)
-        files[target] = pending
     row = {
         "file": relative.as_posix(),
         "breast_mask": stage0_mask_path(relative, "breast").as_posix(),
@@ -321,7 +390,7 @@ def process_job(task: tuple[int, dict, dict]) -> dict:
             cv2.resize(array.astype(np.float32), size, interpolation=cv2.INTER_AREA)
             for array in (result.image, result.breast_mask, result.pectoral_mask)
         )
-    return {"job": job, "row": row, "files": files, "thumbnail": thumbnail}
+    return {"encoded": encoded, "row": row, "thumbnail": thumbnail, "notes": mammogram.notes}
 
 
 # ----------------------------------------------------------------------------
@@ -335,13 +404,20 @@ def qa_sheet_paths(path: Path, images: int) -> list[Path]:
     return [path] + [path.with_name(f"{path.stem}-{k}{path.suffix}") for k in range(2, pages + 1)]
 
 
-def plot_contact_sheets(items: list[tuple[dict, tuple]], path: Path) -> list[Path]:
-    """Every image on a contact sheet, QA_MAX_IMAGES per sheet (see :func:`qa_sheet_paths`)."""
+def plot_contact_sheets(
+    items: list[tuple[dict, tuple]], path: Path, written: list[Path] | None = None
+) -> list[Path]:
+    """Every image on a contact sheet, QA_MAX_IMAGES per sheet (see :func:`qa_sheet_paths`).
+
+    Each sheet is appended to ``written`` once it is there (a failed run removes them).
+    """
     paths = qa_sheet_paths(path, len(items))
     for page, sheet in enumerate(paths):
         chunk = items[page * QA_MAX_IMAGES : (page + 1) * QA_MAX_IMAGES]
         suffix = f" (sheet {page + 1} of {len(paths)})" if len(paths) > 1 else ""
         plot_contact_sheet(chunk, sheet, suffix)
+        if written is not None:
+            written.append(sheet)
     return paths
 
 
@@ -383,13 +459,65 @@ def plot_contact_sheet(items: list[tuple[dict, tuple]], path: Path, suffix: str 
 # ----------------------------------------------------------------------------
 
 
+def _reason(source: str, message: str) -> str:
+    """The reason of a skip without the file name it starts with."""
+    prefix = f"{source}: "
+    return message[len(prefix) :] if message.startswith(prefix) else message
+
+
+def reasons_counted(skipped: list[tuple[str, str]]) -> str:
+    """The skipped images counted by reason, a line each: '2 x view XCCL is not CC or MLO;
+    skipped (a.dcm, b.dcm)'."""
+    names: dict[str, list[str]] = {}
+    for source, message in skipped:
+        names.setdefault(_reason(source, message), []).append(Path(source).name)
+    lines = [
+        f"{len(files)} x {reason} ({', '.join(files[:3])}{', ...' if len(files) > 3 else ''})"
+        for reason, files in sorted(names.items(), key=lambda item: -len(item[1]))
+    ]
+    return "\n  " + "\n  ".join(lines)
+
+
+def _hidden_note(hidden: list[Path]) -> str:
+    if not hidden:
+        return ""
+    names = ", ".join(path.name for path in hidden[:3]) + (", ..." if len(hidden) > 3 else "")
+    return (
+        f"{len(hidden)} hidden file(s) (name or folder starting with '.') ignored: {names}; "
+        "rename them to include them"
+    )
+
+
+def _check_new_output(out: Path) -> None:
+    """--out must be new or empty: stage 0 never replaces a folder (a lock left by a killed
+    run is no content: :func:`files.hold_folder` takes it over)."""
+    if out.exists() and not out.is_dir():
+        raise DatasetError(f"--out {out} is a file; choose a new folder")
+    if out.is_dir() and any(entry.name != LOCK_FILE for entry in out.iterdir()):
+        raise DatasetError(f"--out {out} already exists and is not empty; choose a new folder")
+
+
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet, deepest first."""
+    missing = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    return missing
+
+
 def run(args: argparse.Namespace) -> dict:
     """Do stage 0 for ``args``; returns counts. Raises DatasetError on any problem
-    (without --skip-bad), leaving ``--out`` untouched."""
+    (without --skip-bad), leaving ``--out`` and ``--qa`` as they were."""
     out = args.out
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise DatasetError(f"--out {out} already exists and is not empty; choose a new folder")
-    jobs, problems, ignored = collect_jobs(args)
+    _check_new_output(out)
+    try:  # a read-only, full or missing disk is found before hours of work
+        check_writable(out, "--out folder")
+        if args.qa:
+            check_writable(args.qa.parent, "--qa folder")
+    except UnwritableError as error:
+        raise DatasetError(str(error)) from None
+    jobs, problems, ignored, hidden = collect_jobs(args)
     if problems and not args.skip_bad:
         listing = "\n  ".join(f"{name}: {reason}" for name, reason in problems[:20])
         raise DatasetError(
@@ -397,51 +525,72 @@ def run(args: argparse.Namespace) -> dict:
             "Fix them, or pass --skip-bad to leave these out (listed in OUT/skipped.csv)."
         )
     if not jobs:
-        raise DatasetError(f"no image to preprocess under {args.input}")
+        found = [f"{len(ignored)} file(s) that are not images"] if ignored else []
+        found += [_hidden_note(hidden)] if hidden else []
+        raise DatasetError(
+            f"no image to preprocess under {args.input}"
+            + (f" ({'; '.join(found)})" if found else "")
+        )
+    created = _missing_folders(out)  # removed again if the run fails
+    try:
+        with hold_folder(out, "--out folder"):
+            summary = _run_holding_output(args, jobs, problems)
+    except FolderBusyError as error:  # the other run's folder: left alone
+        raise DatasetError(f"{error}\nNothing was written.") from None
+    except BaseException as error:
+        for folder in created:
+            try:
+                folder.rmdir()  # only if empty: never anything but what this run made
+            except OSError:
+                break
+        if isinstance(error, OSError):  # holding the folder: creating it or its lock file
+            raise DatasetError(
+                f"cannot write --out {out} ({error.strerror or error}); make it writable or "
+                "choose another folder. Nothing was written."
+            ) from error
+        raise
+    return {**summary, "ignored": ignored, "hidden": hidden}
+
+
+def _run_holding_output(args: argparse.Namespace, jobs: list[dict], problems: list) -> dict:
+    """Preprocess every job into a hidden folder inside ``--out`` (which this run holds), write
+    the QA sheets, then move the outputs into place; on any error remove what it wrote."""
+    out = args.out
+    _check_new_output(out)  # again: another run may have written here before this one held it
     settings = {
         "pectoral": args.pectoral,
         "max_height": args.max_height,
         "bits": args.bits,
         "qa": args.qa is not None,
     }
-    staging = out.parent / f".{out.name}.partial-{os.getpid()}"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging.mkdir()
-    pending = staging / ".pending"  # the workers' PNGs before their names are checked
-    pending.mkdir()
-    settings["pending"] = str(pending)
-    rows, skipped, thumbnails, written = [], list(problems), [], {}
-    # Workers come from a fresh server process ("forkserver"): forking this one,
-    # whose OpenCV thread pool may be running, can deadlock. One OpenCV thread
-    # per worker: the processes are the parallelism.
+    staging = out / f".partial-{os.getpid()}"
+    moved: list[Path] = []  # outputs already in place, and QA sheets, removed if a later step fails
     executor = None
-    if args.workers > 1:
-        context = multiprocessing.get_context("forkserver")
-        # The server imports this script and its libraries once; workers fork
-        # from it. Python 3.11's forkserver ignores sys.path, so it is told
-        # where this script lives through PYTHONPATH (else every worker of
-        # every run imports pandas, pydicom, OpenCV ... again: seconds).
-        here = str(Path(__file__).resolve().parent)
-        paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-        if here not in paths:
-            os.environ["PYTHONPATH"] = os.pathsep.join([here, *paths])
-        context.set_forkserver_preload([__name__, "breastdensity.mammograms"])
-        executor = ProcessPoolExecutor(
-            args.workers,
-            mp_context=context,
-            initializer=cv2.setNumThreads,
-            initargs=(1,),
-        )
     try:
+        staging.mkdir()
+        pending = staging / ".pending"  # the workers' PNGs before their names are checked
+        pending.mkdir()
+        settings["pending"] = str(pending)
+        rows, skipped, thumbnails, written, notes = [], list(problems), [], {}, []
+        # Workers come from a fresh server process ("forkserver"): forking this one,
+        # whose OpenCV thread pool may be running, can deadlock. One OpenCV thread
+        # per worker: the processes are the parallelism.
+        if args.workers > 1:
+            executor = _worker_pool(args.workers)
         tasks = [(number, job, settings) for number, job in enumerate(jobs)]
         results = executor.map(process_job, tasks) if executor else map(process_job, tasks)
         for result in results:
             source = str(result["job"]["source"])
             if "error" in result:
                 if not args.skip_bad and not result.get("other_view"):
-                    raise DatasetError(f"{result['error']}\nNothing was written to {out}.")
+                    raise DatasetError(
+                        f"{result['error']}\nNothing was written to {out}; fix or remove the "
+                        "file, or pass --skip-bad to leave such images out (listed in "
+                        "OUT/skipped.csv)."
+                    )
                 skipped.append((source, result["error"]))
                 continue
+            notes += result["notes"]
             name = result["row"]["file"]
             if name in written:
                 reason = f"same subject and projection as {written[name]} (duplicate output {name})"
@@ -460,23 +609,72 @@ def run(args: argparse.Namespace) -> dict:
             if result["thumbnail"] is not None:
                 thumbnails.append((result["row"], result["thumbnail"]))
         if not rows:
-            raise DatasetError(f"no image of {args.input} could be preprocessed")
+            raise DatasetError(
+                f"no image of {args.input} could be preprocessed:{reasons_counted(skipped)}"
+            )
         pending.rmdir()  # empty: every file was moved or deleted
         if skipped:
             pd.DataFrame(skipped, columns=["source", "reason"]).to_csv(
                 staging / "skipped.csv", index=False
             )
-        pd.DataFrame(rows).to_csv(staging / "manifest.csv", index=False)  # last: marks complete
-        if out.exists():
-            out.rmdir()  # empty (checked above)
-        staging.rename(out)
+        pd.DataFrame(rows).to_csv(staging / "manifest.csv", index=False)
+        # The QA sheets before the outputs are in place: if they cannot be written,
+        # nothing is.
+        sheets = plot_contact_sheets(thumbnails, args.qa, moved) if args.qa else []
+        # manifest.csv last: it marks the output complete
+        for entry in sorted(staging.iterdir(), key=lambda entry: entry.name == "manifest.csv"):
+            entry.replace(out / entry.name)
+            moved.append(out / entry.name)
+        staging.rmdir()
+    except OSError as error:
+        _remove(moved)
+        target = error.filename or out
+        raise DatasetError(
+            f"cannot write {target} ({error.strerror or error}); free some space, make --out "
+            f"writable or choose another folder. Nothing was written to {out}."
+        ) from error
+    except BrokenProcessPool as error:
+        _remove(moved)
+        raise DatasetError(
+            "a worker process stopped unexpectedly (out of memory?); try fewer --workers "
+            f"or --max-height. Nothing was written to {out}."
+        ) from error
+    except BaseException:
+        _remove(moved)
+        raise
     finally:
         if executor is not None:
             executor.shutdown(cancel_futures=True)
         if staging.exists():
             shutil.rmtree(staging)
-    sheets = plot_contact_sheets(thumbnails, args.qa) if args.qa else []
-    return {"images": len(rows), "skipped": skipped, "ignored": ignored, "sheets": sheets}
+    return {"images": len(rows), "skipped": skipped, "sheets": sheets, "warnings": notes}
+
+
+def _remove(paths: list[Path]) -> None:
+    for path in reversed(paths):
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def _worker_pool(workers: int) -> ProcessPoolExecutor:
+    context = multiprocessing.get_context("forkserver")
+    # The server imports this script and its libraries once; workers fork
+    # from it. Python 3.11's forkserver ignores sys.path, so it is told
+    # where this script lives through PYTHONPATH (else every worker of
+    # every run imports pandas, pydicom, OpenCV ... again: seconds).
+    here = str(Path(__file__).resolve().parent)
+    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if here not in paths:
+        os.environ["PYTHONPATH"] = os.pathsep.join([here, *paths])
+    context.set_forkserver_preload([__name__, "breastdensity.mammograms"])
+    return ProcessPoolExecutor(
+        workers,
+        mp_context=context,
+        initializer=cv2.setNumThreads,
+        initargs=(1,),
+    )
 
 
 def main(argv=None) -> int:
@@ -487,12 +685,25 @@ def main(argv=None) -> int:
     except DatasetError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    except MemoryError as error:
+        print(
+            f"error: {error}; use fewer --workers or a smaller --max-height, or leave the "
+            "image out. Nothing was written.",
+            file=sys.stderr,
+        )
+        return 2
     seconds = time.perf_counter() - started
     if summary["ignored"]:
         names = ", ".join(p.name for p in summary["ignored"][:5])
         print(f"ignored {len(summary['ignored'])} non-image file(s): {names}")
+    if summary["hidden"]:
+        print(_hidden_note(summary["hidden"]))
+    for note in summary["warnings"]:
+        print(f"warning: {note}")
     for source, reason in summary["skipped"]:
-        print(f"skipped {source}: {reason}")
+        print(f"skipped {source}: {_reason(source, reason)}")
+    if len(summary["skipped"]) > 1:  # one line per reason, after one per image
+        print(f"skipped {len(summary['skipped'])} in all:{reasons_counted(summary['skipped'])}")
     print(
         f"{summary['images']} image(s) in {seconds:.1f} s -> {args.out}/ (manifest.csv"
         + (f", QA sheet {args.qa}" if len(summary["sheets"]) == 1 else "")

@@ -28,13 +28,15 @@ Examples::
     # continue after a crash or a preempted job (same settings, checked)
     python Train_ResNet.py --projection CC_R --resume
 
-Exit status: 0 done, 2 bad arguments, data or output folder (nothing trained),
-3 the loss became NaN or infinite (training diverged; lower --learning-rate).
+Exit status: 0 done, 2 bad arguments, data or output folder (a model folder in use by
+another run, a disk that fills up during training: the completed epochs are kept for
+--resume), 3 the loss became NaN or infinite (training diverged; lower --learning-rate).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import shutil
@@ -60,7 +62,14 @@ from breastdensity.conventions import (
     best_checkpoint,
     model_dir,
 )
-from breastdensity.files import UnwritableError, check_writable
+from breastdensity.files import (
+    LOCK_FILE,
+    FolderBusyError,
+    UnwritableError,
+    check_writable,
+    hold_folder,
+)
+from breastdensity.inference import load_keras_file
 from breastdensity.network import (
     BN_MOMENTUM,
     REFERENCE_BN_MOMENTUM,
@@ -69,11 +78,13 @@ from breastdensity.network import (
 )
 from breastdensity.training import (
     BACKUP_FOLDER,
+    AtomicModelCheckpoint,
     HistoryRecorder,
     StopOnNonFiniteLoss,
     TrainingDiverged,
     choose_strategy,
     class_weights,
+    data_fingerprint,
     plot_curves,
     save_config,
     save_model,
@@ -84,6 +95,9 @@ OPTIMIZERS = ("sgd", "sgd-nesterov", "rmsprop", "adam")
 # Settings added after runs already existed: an older training_config.json
 # without them was trained with these values (so --resume does not refuse it).
 SETTINGS_BEFORE_THEY_WERE_RECORDED = {"bn_momentum": REFERENCE_BN_MOMENTUM, "targets": "onehot"}
+# Settings an older training_config.json may lack, with no value to assume for it:
+# missing, they are unknown, and --resume does not count them as changed.
+UNKNOWN_WHEN_NOT_RECORDED = ("data_root_resolved", "data_fingerprint")
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -293,6 +307,9 @@ def resolved_settings(args: argparse.Namespace, projection: str, replicas: int) 
         "data_root": [str(root) for root in args.data_root]
         if len(args.data_root) > 1
         else str(args.data_root[0]),
+        # As given, a relative data root means another folder in another working
+        # directory: the absolute paths say which data the run really used.
+        "data_root_resolved": [str(root.resolve()) for root in args.data_root],
         **({"view_agnostic": True, "trained_on": list(PROJECTIONS)} if args.view_agnostic else {}),
     }
 
@@ -301,14 +318,18 @@ def setting_differences(saved: dict, settings: dict) -> dict[str, tuple]:
     """setting -> (saved value, new value) for every setting that changed.
 
     Keys of ``saved`` that are not settings (image counts, library versions)
-    are ignored; ``data_root`` is compared as a resolved path.
+    are ignored; ``data_root`` and ``data_root_resolved`` are compared as
+    resolved paths; a setting of ``UNKNOWN_WHEN_NOT_RECORDED`` that ``saved``
+    lacks (a run recorded before it was) is not a difference.
     """
     differences = {}
     for key, value in settings.items():
+        if key in UNKNOWN_WHEN_NOT_RECORDED and key not in saved:
+            continue
         before = saved.get(key, SETTINGS_BEFORE_THEY_WERE_RECORDED.get(key))
         same = (
             before is not None and _resolved_roots(before) == _resolved_roots(value)
-            if key == "data_root"
+            if key in ("data_root", "data_root_resolved")
             else before == value
         )
         if not same:
@@ -316,8 +337,65 @@ def setting_differences(saved: dict, settings: dict) -> dict[str, tuple]:
     return differences
 
 
-def _resolved_roots(value: str | list[str]) -> list[Path]:
-    return [Path(root).resolve() for root in ([value] if isinstance(value, str) else value)]
+def _resolved_roots(value) -> list[Path] | None:
+    try:
+        return [Path(root).resolve() for root in ([value] if isinstance(value, str) else value)]
+    except TypeError:  # a hand-edited configuration: not paths, so never equal to the new ones
+        return None
+
+
+def describe_differences(differences: dict[str, tuple]) -> str:
+    """One line per setting, ``setting: saved -> now``; data fingerprints in short."""
+    lines = []
+    for key, (old, new) in differences.items():
+        if key == "data_fingerprint":
+            lines.append(f"{key}: {_describe_fingerprint(old)} -> {_describe_fingerprint(new)}")
+        else:
+            lines.append(f"{key}: {old!r} -> {new!r}")
+    text = "\n  ".join(lines)
+    if differences.keys() & {"data_root", "data_root_resolved", "data_fingerprint"}:
+        text += (
+            "\n(the images may not be the run's: check --data-root; a relative --data-root "
+            f"is resolved from the working directory, now {Path.cwd()})"
+        )
+    return text
+
+
+def _describe_fingerprint(fingerprint) -> str:
+    if not isinstance(fingerprint, dict):
+        return repr(fingerprint)
+    return ", ".join(
+        f"{split} {part.get('files')} files (names {str(part.get('names_sha256'))[:12]})"
+        if isinstance(part, dict)
+        else f"{split} {part!r}"
+        for split, part in fingerprint.items()
+    )
+
+
+def read_saved_config(folder: Path) -> dict | None:
+    """The run's training_config.json as a dict, or None if it has none.
+
+    Raises:
+        DatasetError: the file is unreadable, not JSON (a truncated write, an
+            edit gone wrong) or not a JSON object; the message says what to do.
+    """
+    path = folder / CONFIG_FILE
+    if not path.exists():
+        return None
+    try:
+        saved = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:  # ValueError: JSONDecodeError, UnicodeDecodeError
+        reason = str(error) or type(error).__name__
+    else:
+        if isinstance(saved, dict):
+            return saved
+        reason = f"it holds a JSON {type(saved).__name__}, not an object"
+    raise DatasetError(
+        f"{path}: not a readable training configuration ({reason}). It records the settings "
+        f"of the run in {folder}, which --resume compares with the ones given now: restore it "
+        "from a copy, or delete it and pass --resume --allow-changes to continue with the "
+        "settings given now; or move the folder away and train again"
+    )
 
 
 def make_optimizer(name: str, learning_rate: float | None, decay_steps: int | None = None):
@@ -353,7 +431,11 @@ def prepare_model_dir(folder: Path, resume: bool) -> str:
         raise DatasetError(
             f"{folder} already holds a trained model; choose another --models-root or move it away"
         )
-    leftovers = [p.name for p in folder.glob("*") if p.name != "logs"] if folder.is_dir() else []
+    leftovers = (
+        [p.name for p in folder.glob("*") if p.name not in ("logs", LOCK_FILE)]
+        if folder.is_dir()
+        else []
+    )
     first_epoch_only = leftovers and not list(folder.glob("weights-improvement-*"))
     if resume and first_epoch_only:
         # Killed during its first epoch: nothing was saved that could be resumed.
@@ -375,32 +457,72 @@ def prepare_model_dir(folder: Path, resume: bool) -> str:
 
 def train_projection(projection: str, args: argparse.Namespace, strategy) -> Path | None:
     folder = model_dir(args.models_root, projection)
-    state = prepare_model_dir(folder, args.resume)
-    if state == "finished":
-        print(
-            f"[{projection}] {folder / FINAL_WEIGHTS} exists: training finished, nothing to resume."
+    created = not folder.exists()
+    try:
+        # The folder is held for the whole run: two runs started into it would
+        # otherwise both pass the checks below and mix their checkpoints and history.
+        with hold_folder(folder, "model folder"):
+            return _train_in_held_folder(projection, folder, args, strategy)
+    finally:
+        # A run refused or stopped before writing anything leaves no empty folder.
+        if created and folder.is_dir() and not any(folder.iterdir()):
+            with contextlib.suppress(OSError):  # another run may just have taken it
+                folder.rmdir()
+
+
+def _finished_run(projection: str, folder: Path, settings: dict, args) -> Path:
+    """--resume of a finished run: nothing to train; refused if the settings changed.
+
+    A finished run is never trained further, so changed settings (more epochs,
+    say) would silently be ignored: they are refused unless --allow-changes,
+    which here only means "leave the finished model as it is and go on".
+    """
+    final = folder / FINAL_WEIGHTS
+    saved = read_saved_config(folder)
+    differences = {} if saved is None else setting_differences(saved, settings)
+    if differences and not args.allow_changes:
+        raise DatasetError(
+            f"{folder} holds a finished run ({FINAL_WEIGHTS} exists), trained with other "
+            f"settings than these (saved -> now):\n  {describe_differences(differences)}\n"
+            "--resume only continues an interrupted run; a finished one is never trained "
+            "further. To train with these settings, choose another --models-root (add "
+            f"--init-from {args.models_root} to start from this model's weights); to leave "
+            "this model as it is and go on with the other projections, pass --resume "
+            "--allow-changes, or resume with the saved settings."
         )
-        return folder / FINAL_WEIGHTS
+    if differences:
+        print(
+            f"[{projection}] {final} exists: training finished with other settings "
+            f"({', '.join(differences)}); the model is left as it is, nothing to resume."
+        )
+    else:
+        print(f"[{projection}] {final} exists: training finished, nothing to resume.")
+    return final
+
+
+def _train_in_held_folder(
+    projection: str, folder: Path, args: argparse.Namespace, strategy
+) -> Path | None:
+    state = prepare_model_dir(folder, args.resume)
     replicas = strategy.num_replicas_in_sync
     settings = resolved_settings(args, projection, replicas)
-    changes = []
+    if state == "finished":
+        return _finished_run(projection, folder, settings, args)
+    saved = None
     if state == "resume":
-        saved_file = folder / CONFIG_FILE
-        saved = json.loads(saved_file.read_text()) if saved_file.exists() else {}
-        differences = setting_differences(saved, settings)
-        if differences and not args.allow_changes:
-            listing = "\n  ".join(
-                f"{k}: {old!r} -> {new!r}" for k, (old, new) in differences.items()
-            )
+        saved = read_saved_config(folder)
+        if saved is None and not args.allow_changes:
             raise DatasetError(
-                f"{folder} was trained with other settings than these (saved -> now):\n  "
-                f"{listing}\nResume with the saved settings, or pass --resume --allow-changes "
-                "to continue with the new ones (both are then recorded in "
-                f"{CONFIG_FILE})."
+                f"{folder} holds an interrupted run but no {CONFIG_FILE}: the settings it was "
+                "trained with are unknown, so --resume cannot check them. Pass --resume "
+                "--allow-changes to continue it with the settings given now (recorded as "
+                "changes from unknown), or move the folder away and train again"
             )
-        changes = saved.get("changes_on_resume", []) + [
-            {"setting": key, "before": old, "after": new} for key, (old, new) in differences.items()
-        ]
+        # Compared now, before the images are decoded; the data fingerprint is
+        # compared once the data are listed.
+        differences = setting_differences(saved or {}, settings)
+        if differences and not args.allow_changes:
+            raise DatasetError(_resume_refusal(folder, differences))
 
     global_batch = args.batch_size * replicas
     size = (args.img_size, args.img_size)
@@ -415,7 +537,17 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
         targets=args.targets,
         cache=False if args.no_cache else None,  # None: cache when it fits CACHE_LIMIT_BYTES
     )
-    folder.mkdir(parents=True, exist_ok=True)  # only now: a data error leaves no empty folder
+    settings["data_fingerprint"] = data_fingerprint(data)
+    changes = []
+    if state == "resume":
+        differences = setting_differences(saved or {}, settings)
+        if differences and not args.allow_changes:
+            raise DatasetError(_resume_refusal(folder, differences))
+        previous = (saved or {}).get("changes_on_resume", [])
+        changes = (previous if isinstance(previous, list) else [previous]) + [
+            {"setting": key, "before": old, "after": new} for key, (old, new) in differences.items()
+        ]
+
     print(
         f"[{projection}] train {len(data.train_records)} images {data.class_counts('train')}, "
         f"validation {len(data.validation_records)} images {data.class_counts('validation')}; "
@@ -441,7 +573,7 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
                     "give the models root of a finished training run"
                 )
             # Warm start: same layers, so the weights fit whatever the input size.
-            model.set_weights(keras.saving.load_model(source, compile=False).get_weights())
+            initialise_weights(model, source)
             print(f"[{projection}] weights initialised from {source}")
         model.compile(
             optimizer=make_optimizer(
@@ -456,7 +588,8 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
             metrics=[keras.metrics.CategoricalAccuracy(name="acc")],
         )
 
-    checkpoint = keras.callbacks.ModelCheckpoint(
+    # Saves through a temporary file: a full disk or a kill never leaves a cut checkpoint.
+    checkpoint = AtomicModelCheckpoint(
         str(folder / CHECKPOINT_PATTERN),
         monitor="val_acc",
         mode="max",
@@ -479,7 +612,12 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
         # run, so a resumed run starts from a fully recorded epoch.
         # double_checkpoint keeps the previous backup: a kill during the save
         # falls back to it instead of leaving a half-written, unreadable state.
-        keras.callbacks.BackupAndRestore(str(folder / BACKUP_FOLDER), double_checkpoint=True),
+        # The backup is deleted here, after the final model and curves are
+        # written (not by Keras at the end of fit): if writing them fails, --resume
+        # restores the last epoch and writes them then, instead of losing the run.
+        keras.callbacks.BackupAndRestore(
+            str(folder / BACKUP_FOLDER), double_checkpoint=True, delete_checkpoint=False
+        ),
     ]
     config = {
         **settings,
@@ -491,9 +629,9 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
         "keras": keras.__version__,
         **({"changes_on_resume": changes} if changes else {}),
     }
-    save_config(folder, config)
     started = time.perf_counter()
     try:
+        save_config(folder, config)
         model.fit(
             data.train,
             epochs=args.epochs,
@@ -505,6 +643,9 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
             # Progress bars on a terminal; in a log file only the recorder's one-line summaries.
             verbose=1 if sys.stdout.isatty() else 0,
         )
+        final = save_model(model, folder / FINAL_WEIGHTS)
+        curves = plot_curves(folder)
+        shutil.rmtree(folder / BACKUP_FOLDER, ignore_errors=True)
     except TrainingDiverged as error:
         rate = settings["learning_rate"]
         lower = f"--learning-rate {rate / 10:g}"
@@ -520,13 +661,58 @@ def train_projection(projection: str, args: argparse.Namespace, strategy) -> Pat
             f"lower --learning-rate (e.g. {rate / 10:g}). Nothing of the diverged model was "
             f"saved in {folder}; {next_step}."
         ) from error
-    final = save_model(model, folder / FINAL_WEIGHTS)
-    curves = plot_curves(folder)
+    except OSError as error:
+        # A full disk, a quota, a folder made read-only during the run: every
+        # output is written through a temporary file, so nothing cut is left.
+        where = f" ({error.filename})" if error.filename else ""
+        raise DatasetError(
+            f"[{projection}] cannot write in the model folder {folder}: "
+            f"{error.strerror or error}{where}. No half-written file was left there and the "
+            "completed epochs are kept: free some space (or make the folder writable), then run "
+            "the same command with --resume to continue."
+        ) from error
     print(
         f"[{projection}] done in {time.perf_counter() - started:.0f} s: {final}, {curves}, "
         f"history txt files and TensorBoard logs in {folder}"
     )
     return final
+
+
+def _resume_refusal(folder: Path, differences: dict[str, tuple]) -> str:
+    return (
+        f"{folder} was trained with other settings than these (saved -> now):\n  "
+        f"{describe_differences(differences)}\nResume with the saved settings, or pass "
+        "--resume --allow-changes to continue with the new ones (both are then recorded in "
+        f"{CONFIG_FILE})."
+    )
+
+
+def initialise_weights(model: keras.Model, source: Path) -> None:
+    """Copy the weights of the model file ``source`` into ``model`` (--init-from).
+
+    Raises:
+        DatasetError: naming the file, when it cannot be loaded (truncated,
+            not a Keras file, a Lambda layer) or its weights do not fit ``model``.
+    """
+    # Checked and loaded in Keras' safe mode: a model file can carry code.
+    donor = load_keras_file(source)
+    theirs = [tuple(w.shape) for w in donor.weights]
+    ours = [tuple(w.shape) for w in model.weights]
+    if theirs != ours:
+        if len(theirs) != len(ours):
+            detail = f"it has {len(theirs)} weight arrays, this network {len(ours)}"
+        else:
+            index = next(i for i, (a, b) in enumerate(zip(theirs, ours, strict=True)) if a != b)
+            detail = (
+                f"weight array {index + 1} ({model.weights[index].path}) is {theirs[index]} "
+                f"there, {ours[index]} here"
+            )
+        raise DatasetError(
+            f"--init-from: {source} does not fit the network being trained ({detail}); give "
+            "the models root of a run of this network (same --cardinality, 4 classes), or "
+            "train without --init-from"
+        )
+    model.set_weights(donor.get_weights())
 
 
 def copy_view_agnostic_model(source: Path, target: Path) -> None:
@@ -542,7 +728,8 @@ def copy_view_agnostic_model(source: Path, target: Path) -> None:
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     for path in source.iterdir():
-        if path.is_file() and path.name != CONFIG_FILE:
+        # Hidden files are the run's lock and temporary files, not outputs.
+        if path.is_file() and path.name != CONFIG_FILE and not path.name.startswith("."):
             shutil.copy2(path, staging / path.name)
     config = json.loads((source / CONFIG_FILE).read_text())
     config["projection"] = target.name.removesuffix("_model")
@@ -578,7 +765,7 @@ def main(argv=None) -> int:
         else:
             for projection in projections:
                 train_projection(projection, args, strategy)
-    except DatasetError as error:
+    except (DatasetError, FolderBusyError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except TrainingDiverged as error:

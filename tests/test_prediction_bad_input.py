@@ -16,9 +16,10 @@ import pytest
 
 import breastdensity.inference as inference
 from breastdensity.conventions import DatasetError, best_checkpoint
+from breastdensity.files import MAX_IMAGE_PIXELS
 from breastdensity.inference import load_keras_file, load_model
 from breastdensity.phantoms import generate_dataset
-from breastdensity.preprocessing import MAX_IMAGE_PIXELS, ImageReadError, read_grayscale
+from breastdensity.preprocessing import ImageReadError, read_grayscale
 
 
 def small_classifier(size=64):
@@ -209,9 +210,9 @@ class TestImages:
         import breastdensity.preprocessing as preprocessing
 
         def failing_resize(image, size):
-            raise MemoryError("cannot allocate")
+            raise RuntimeError("a library failed")
 
         monkeypatch.setattr(preprocessing, "resize", failing_resize)
         assert predict(test_root, tmp_path / "P", "--model", good_model) == 2
         error = capsys.readouterr().err
-        assert "_CC_R.png: cannot read the image (MemoryError: cannot allocate)" in error
+        assert "_CC_R.png: cannot read the image (RuntimeError: a library failed)" in error

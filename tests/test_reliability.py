@@ -20,6 +20,7 @@ from conftest import execute_notebook, write_png
 
 from breastdensity.cam import write_cam_images
 from breastdensity.conventions import PROJECTIONS, DatasetError, best_checkpoint, list_class_images
+from breastdensity.files import mark_owned
 from breastdensity.inference import check_projection_match
 from breastdensity.metrics import group_predictions
 from breastdensity.network import build_resnet
@@ -415,6 +416,7 @@ class TestStaleOutputs:
     def test_cam_notebook_replaces_the_projection_folder(self, data, models, tmp_path):
         stale = tmp_path / "MAPS" / "CC_L" / "D" / "D_gone_D_CC_L_overlay.png"
         write_png(stale, np.zeros((4, 4), np.uint8))
+        mark_owned(tmp_path / "MAPS" / "CC_L", "an earlier run of the notebook")
         execute_notebook(
             "ClassActivationMaps.ipynb",
             tmp_path / "executed.ipynb",

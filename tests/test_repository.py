@@ -72,7 +72,7 @@ ALLOWED_IMPORTS = {
     "conventions": set(),  # names and paths only: everything may use it, it uses nothing
     "files": set(),
     "network": {"conventions"},
-    "preprocessing": {"conventions"},
+    "preprocessing": {"conventions", "files"},
     "training": FOUNDATION,  # stage 1
     "inference": FOUNDATION,  # stage 2
     "predictions": FOUNDATION,

@@ -1,4 +1,4 @@
-"""Safe output writing: atomic files, whole-folder replacement, early writability checks.
+"""Safe file handling: atomic files, owned folders, locks, image headers read before decoding.
 
 A reader never sees a half-written output file, a re-run never leaves stale
 files beside new ones, and an unwritable output folder is reported before the
@@ -11,9 +11,11 @@ import contextlib
 import os
 import shutil
 import socket
+import struct
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 
 @contextlib.contextmanager
@@ -272,3 +274,43 @@ def hold_folder(folder: str | Path, what: str = "folder") -> Iterator[Path]:
     finally:
         if _lock_holder(lock)[0] == os.getpid():
             lock.unlink(missing_ok=True)
+
+
+# ----------------------------------------------------------------------------
+# Image files: what their header says, before anything decodes them
+# ----------------------------------------------------------------------------
+
+# The largest full-field mammograms have about 4,000 x 6,000 pixels; ten times that is
+# still an image, more is a decompression bomb (a few KB of PNG declaring gigapixels).
+MAX_IMAGE_PIXELS = 2**28
+
+
+def raster_problem(stream: BinaryIO) -> str | None:
+    """Why a raster file must not be decoded, read from its header alone (None if fine).
+
+    PNG: the width and height of its IHDR chunk (a bomb declares gigapixels in a few KB).
+    TIFF: a second page (only the first would be read, the rest dropped unseen).
+    Other formats are left to OpenCV, which refuses more than 2**30 pixels itself.
+    """
+    start = stream.read(24)
+    if len(start) == 24 and start[:8] == b"\x89PNG\r\n\x1a\n" and start[12:16] == b"IHDR":
+        width, height = struct.unpack(">II", start[16:24])
+        if width * height > MAX_IMAGE_PIXELS:
+            return (
+                f"the PNG declares {width} x {height} pixels, more than any mammogram "
+                f"({MAX_IMAGE_PIXELS:,} at most): a decompression bomb or a corrupt header, "
+                "not decoded"
+            )
+    elif start[:4] in (b"II*\0", b"MM\0*"):
+        order = "<" if start[:2] == b"II" else ">"
+        try:  # the first page's directory ends with the offset of the next page's (0: none)
+            (first,) = struct.unpack(order + "I", start[4:8])
+            stream.seek(first)
+            (entries,) = struct.unpack(order + "H", stream.read(2))
+            stream.seek(first + 2 + 12 * entries)
+            (following,) = struct.unpack(order + "I", stream.read(4))
+        except struct.error:
+            return "truncated TIFF header"
+        if following:
+            return "a TIFF of several pages; one image per file is read: save each page as its own file"
+    return None

@@ -6,7 +6,11 @@ Every reader returns a :class:`LabelTable`: one row per image with the columns
     | dataset_split ("train", "test" or "")
 
 plus the label rows whose image was not found and counts of rows skipped on
-purpose (no density, a view other than CC/MLO, a male patient ...). The
+purpose (no density, a view other than CC/MLO, a male patient ...). Every row is
+checked where it is read, and a bad one refused naming the table and line: an
+empty file or subject cell, a laterality other than L/R/LEFT/RIGHT (or empty),
+an image path that leads outside the input folder (``../x.dcm``, an absolute
+path, a symbolic link out of it), a header naming a column twice. The
 formats, with their exact column names:
 
 * ``folder``: an existing ``<PROJ>/<CLASS>/`` (or ``<PROJ>/<split>/<CLASS>/``) tree.
@@ -70,12 +74,28 @@ class LabelTable:
 
 
 def _read_csv(path: Path, **kwargs) -> pd.DataFrame:
+    """The table as text cells; an empty cell is "" (not NaN, and "NA" stays "NA")."""
     if not path.is_file():
         raise DatasetError(f"label file {path} does not exist")
     try:
-        return pd.read_csv(path, **kwargs)
+        # The header as written: pandas renames a repeated column ("density.1").
+        header = pd.read_csv(path, header=None, nrows=1, dtype=str, keep_default_na=False, **kwargs)
+        table = pd.read_csv(path, dtype=str, keep_default_na=False, **kwargs)
     except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as error:
         raise DatasetError(f"{path}: cannot read it as CSV ({error})") from error
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot read it ({error.strerror or error})") from error
+    _refuse_repeated_columns([str(name).strip() for name in header.iloc[0]], path)
+    return table
+
+
+def _refuse_repeated_columns(names: list[str], path: Path) -> None:
+    repeated = [name for name, count in Counter(names).items() if count > 1 and name]
+    if repeated:
+        raise DatasetError(
+            f"{path}: the header names the column {repeated[0]!r} "
+            f"{names.count(repeated[0])} times; which one is meant cannot be guessed: keep one"
+        )
 
 
 def _require(table: pd.DataFrame, columns: list[str], path: Path, what: str) -> None:
@@ -100,29 +120,82 @@ def _density(value) -> str | None:
         return None
 
 
+def _text(value) -> str:
+    """A cell as stripped text; "" for an empty one (NaN from pandas or Excel)."""
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return str(value).strip()
+
+
 def _side(value) -> str | None:
-    text = str(value).strip().upper()
+    text = _text(value).upper()
     return {"L": "L", "LEFT": "L", "R": "R", "RIGHT": "R"}.get(text)
 
 
 def _view(value) -> str:
-    text = str(value).strip().upper()
+    text = _text(value).upper()
     return "MLO" if text in ("MLO", "ML") else text
 
 
-def _finish(records: list[dict], missing: list[str], skipped: Counter) -> LabelTable:
-    for record in records:
-        record.setdefault("source_density", "")  # only some datasets grade otherwise than A-D
-    rows = pd.DataFrame(records, columns=COLUMNS)
-    return LabelTable(rows, missing, skipped)
+def _cells(values: dict, columns: list[str], where: str) -> list[str]:
+    """The cells an image path is built from; an empty one is refused naming the row."""
+    texts = [_text(values[column]) for column in columns]
+    for column, text in zip(columns, texts, strict=True):
+        if not text:
+            raise DatasetError(
+                f"{where}: the {column!r} cell is empty; every row needs it to find the image "
+                "(fill it in or delete the row)"
+            )
+    return texts
 
 
-def _with_images(records: list[dict], skipped: Counter) -> LabelTable:
-    """Split records into those whose file exists and the missing ones."""
+def _checked(record: dict, input_dir: Path) -> dict:
+    """One row as the readers built it, checked; ``where`` (table and line) names it."""
+    where = record.pop("where")
+    file = Path(record["file"])
+    resolved, root = file.resolve(), input_dir.resolve()
+    if not resolved.is_relative_to(root):
+        raise DatasetError(
+            f"{where}: the image {file} is outside --input {input_dir}"
+            + (f" (it leads to {resolved})" if resolved != file else "")
+            + "; stage 0 reads only images under --input: move the image there or correct the row"
+        )
+    record["subject"] = _text(record["subject"])
+    if not record["subject"]:
+        raise DatasetError(
+            f"{where}: the subject cell is empty; every image needs its patient's id "
+            "(it keeps a patient's images in one split)"
+        )
+    laterality = _text(record["laterality"])
+    record["laterality"] = _side(laterality) if laterality else None
+    if laterality and record["laterality"] is None:
+        raise DatasetError(
+            f"{where}: laterality {laterality!r} is not L, R, LEFT or RIGHT; correct it, or leave "
+            "it empty to have the side read from the image"
+        )
+    record["view"] = _view(record["view"])
+    record.setdefault("source_density", "")  # only some datasets grade otherwise than A-D
+    return record
+
+
+def _finish(
+    records: list[dict], missing: list[str], skipped: Counter, input_dir: Path
+) -> LabelTable:
+    return _table([_checked(record, input_dir) for record in records], missing, skipped)
+
+
+def _table(records: list[dict], missing: list[str], skipped: Counter) -> LabelTable:
+    return LabelTable(pd.DataFrame(records, columns=COLUMNS), missing, skipped)
+
+
+def _with_images(records: list[dict], skipped: Counter, input_dir: Path) -> LabelTable:
+    """Split records into those whose file exists and the missing ones (all checked first:
+    a path outside --input is refused even if nothing is there)."""
     kept, missing = [], []
     for record in records:
+        record = _checked(record, input_dir)
         (kept if Path(record["file"]).is_file() else missing).append(record)
-    return _finish(kept, [str(r["file"]) for r in missing], skipped)
+    return _table(kept, [str(r["file"]) for r in missing], skipped)
 
 
 def read_folder(input_dir: Path) -> LabelTable:
@@ -139,6 +212,7 @@ def read_folder(input_dir: Path) -> LabelTable:
                     view, side = projection.split("_")
                     records.append(
                         {
+                            "where": str(path),
                             "file": str(path),
                             "subject": parse_image_name(path).subject,
                             "laterality": side,
@@ -152,33 +226,36 @@ def read_folder(input_dir: Path) -> LabelTable:
             f"{input_dir}: no image in <PROJ>/<CLASS>/ folders ({', '.join(PROJECTIONS)} / "
             f"{'/'.join(CLASSES)}) for --labels folder"
         )
-    return _finish(records, [], Counter())
+    return _finish(records, [], Counter(), input_dir)
 
 
 def read_csv_labels(input_dir: Path, path: Path) -> LabelTable:
-    table = _read_csv(path, dtype=str)
+    table = _read_csv(path)
     _require(table, ["file", "subject", "laterality", "view", "density"], path, "csv")
     records, skipped = [], Counter()
-    for row in table.itertuples(index=False):
-        density = _density(row.density)
+    for line, values in enumerate(table.to_dict("records"), start=2):
+        density = _density(values["density"])
         if density is None:
             skipped["no density A-D"] += 1
             continue
+        where = f"{path}, line {line}"
+        (file,) = _cells(values, ["file"], where)
         records.append(
             {
-                "file": str(input_dir / row.file),
-                "subject": str(row.subject),
-                "laterality": _side(row.laterality),
-                "view": _view(row.view),
+                "where": where,
+                "file": str(input_dir / file),
+                "subject": values["subject"],
+                "laterality": values["laterality"],
+                "view": values["view"],
                 "density": density,
                 "dataset_split": "",
             }
         )
-    return _with_images(records, skipped)
+    return _with_images(records, skipped, input_dir)
 
 
 def read_vindr(input_dir: Path, path: Path) -> LabelTable:
-    table = _read_csv(path, dtype=str)
+    table = _read_csv(path)
     columns = [
         "study_id",
         "series_id",
@@ -190,47 +267,53 @@ def read_vindr(input_dir: Path, path: Path) -> LabelTable:
     ]
     _require(table, columns, path, "vindr")
     records, skipped = [], Counter()
-    for row in table.itertuples(index=False):
-        density = _density(row.breast_density)
+    for line, values in enumerate(table.to_dict("records"), start=2):
+        density = _density(values["breast_density"])
         if density is None:
             skipped["no density A-D"] += 1
             continue
+        where = f"{path}, line {line}"
+        study, image = _cells(values, ["study_id", "image_id"], where)
         records.append(
             {
-                "file": str(input_dir / "images" / row.study_id / f"{row.image_id}.dicom"),
-                "subject": row.study_id,
-                "laterality": _side(row.laterality),
-                "view": _view(row.view_position),
+                "where": where,
+                "file": str(input_dir / "images" / study / f"{image}.dicom"),
+                "subject": study,
+                "laterality": values["laterality"],
+                "view": values["view_position"],
                 "density": density,
-                "dataset_split": "test" if str(row.split).strip().lower() == "test" else "train",
+                "dataset_split": "test" if _text(values["split"]).lower() == "test" else "train",
             }
         )
-    return _with_images(records, skipped)
+    return _with_images(records, skipped, input_dir)
 
 
 def read_rsna(input_dir: Path, path: Path) -> LabelTable:
-    table = _read_csv(path, dtype=str)
+    table = _read_csv(path)
     _require(table, ["patient_id", "image_id", "laterality", "view", "density"], path, "rsna")
     records, skipped = [], Counter()
-    for row in table.itertuples(index=False):
-        density = _density(row.density)
+    for line, values in enumerate(table.to_dict("records"), start=2):
+        density = _density(values["density"])
         if density is None:
             skipped["no density (empty)"] += 1
             continue
-        if _view(row.view) not in ("CC", "MLO"):
-            skipped[f"view {row.view} (not CC/MLO)"] += 1
+        if _view(values["view"]) not in ("CC", "MLO"):
+            skipped[f"view {values['view']} (not CC/MLO)"] += 1
             continue
+        where = f"{path}, line {line}"
+        patient, image = _cells(values, ["patient_id", "image_id"], where)
         records.append(
             {
-                "file": str(input_dir / "train_images" / row.patient_id / f"{row.image_id}.dcm"),
-                "subject": row.patient_id,
-                "laterality": _side(row.laterality),
-                "view": _view(row.view),
+                "where": where,
+                "file": str(input_dir / "train_images" / patient / f"{image}.dcm"),
+                "subject": patient,
+                "laterality": values["laterality"],
+                "view": values["view"],
                 "density": density,
                 "dataset_split": "",
             }
         )
-    return _with_images(records, skipped)
+    return _with_images(records, skipped, input_dir)
 
 
 def read_cbis_ddsm(input_dir: Path, paths: list[Path]) -> LabelTable:
@@ -238,7 +321,7 @@ def read_cbis_ddsm(input_dir: Path, paths: list[Path]) -> LabelTable:
     labels: dict[tuple[str, str, str], str] = {}
     skipped = Counter()
     for path in paths:
-        table = _read_csv(path, dtype=str)
+        table = _read_csv(path)
         density_column = "breast_density" if "breast_density" in table.columns else "breast density"
         _require(
             table,
@@ -279,6 +362,7 @@ def read_cbis_ddsm(input_dir: Path, paths: list[Path]) -> LabelTable:
         matched.add(key)
         records.append(
             {
+                "where": str(file),
                 "file": str(file),
                 "subject": patient,
                 "laterality": side[0],
@@ -288,13 +372,13 @@ def read_cbis_ddsm(input_dir: Path, paths: list[Path]) -> LabelTable:
             }
         )
     missing = [f"{p} {s} {v}" for (p, s, v) in labels if (p, s, v) not in matched]
-    return _finish(records, missing, skipped)
+    return _finish(records, missing, skipped, input_dir)
 
 
 def read_embed(input_dir: Path, clinical_path: Path, metadata_path: Path) -> LabelTable:
-    clinical = _read_csv(clinical_path, dtype=str)
+    clinical = _read_csv(clinical_path)
     _require(clinical, ["empi_anon", "acc_anon", "tissueden", "side"], clinical_path, "embed")
-    metadata = _read_csv(metadata_path, dtype=str)
+    metadata = _read_csv(metadata_path)
     _require(
         metadata,
         ["acc_anon", "anon_dicom_path", "ImageLaterality", "ViewPosition", "FinalImageType"],
@@ -306,7 +390,7 @@ def read_embed(input_dir: Path, clinical_path: Path, metadata_path: Path) -> Lab
     skipped["not a 2D image"] += int((~is_2d).sum())
     metadata = metadata[is_2d]
     records = []
-    for row in clinical.drop_duplicates(["acc_anon", "side"]).itertuples(index=False):
+    for row in clinical.drop_duplicates(["acc_anon", "side"]).itertuples():
         if str(row.tissueden).strip() == "5":
             skipped["male patient (tissueden 5)"] += 1
             continue
@@ -318,38 +402,42 @@ def read_embed(input_dir: Path, clinical_path: Path, metadata_path: Path) -> Lab
         side = str(row.side).strip().upper()
         if side != "B":
             images = images[images["ImageLaterality"].str.upper().str.strip() == side]
-        for image in images.itertuples(index=False):
-            relative = str(image.anon_dicom_path)
+        for image in images.itertuples():
+            where = f"{metadata_path}, line {image.Index + 2}"
+            (relative,) = _cells(image._asdict(), ["anon_dicom_path"], where)
             relative = relative.split("anon_dicom/", 1)[-1].lstrip("/")
             records.append(
                 {
+                    "where": f"{where} ({clinical_path}, line {row.Index + 2})",
                     "file": str(input_dir / relative),
                     "subject": row.empi_anon,
-                    "laterality": _side(image.ImageLaterality),
-                    "view": _view(image.ViewPosition),
+                    "laterality": image.ImageLaterality,
+                    "view": image.ViewPosition,
                     "density": density,
                     "dataset_split": "",
                 }
             )
-    return _with_images(records, skipped)
+    return _with_images(records, skipped, input_dir)
 
 
 def read_inbreast(input_dir: Path, path: Path) -> LabelTable:
     if path.suffix.lower() == ".xls":
         try:
             table = pd.read_excel(path, dtype=str)
+            header = pd.read_excel(path, header=None, nrows=1, dtype=str)
         except ImportError as error:
             raise DatasetError(
                 f"{path}: reading .xls needs xlrd (pip install xlrd), or save it as CSV"
             ) from error
+        _refuse_repeated_columns([_text(name) for name in header.iloc[0]], path)
     else:
-        table = _read_csv(path, dtype=str, sep=None, engine="python")  # INbreast.csv uses ';'
+        table = _read_csv(path, sep=None, engine="python")  # INbreast.csv uses ';'
     table.columns = [str(c).strip() for c in table.columns]
     _require(table, ["File Name", "Laterality", "View", "ACR"], path, "inbreast")
     files = {p.name.split("_")[0]: p for p in input_dir.rglob("*.dcm")}
     records, missing, skipped = [], [], Counter()
-    for values in table.to_dict("records"):
-        name = str(values["File Name"]).strip().split(".")[0]
+    for line, values in enumerate(table.to_dict("records"), start=2):
+        name = _text(values["File Name"]).split(".")[0]
         if not name.isdigit():
             continue  # footer rows (totals, notes)
         density = _density(values["ACR"])
@@ -364,15 +452,16 @@ def read_inbreast(input_dir: Path, path: Path) -> LabelTable:
         subject = parts[1] if len(parts) > 1 else name
         records.append(
             {
+                "where": f"{path}, line {line}",
                 "file": str(file),
                 "subject": subject,
-                "laterality": _side(values["Laterality"]),
-                "view": _view(values["View"]),
+                "laterality": values["Laterality"],
+                "view": values["View"],
                 "density": density,
                 "dataset_split": "",
             }
         )
-    return _finish(records, missing, skipped)
+    return _finish(records, missing, skipped, input_dir)
 
 
 def read_mias(input_dir: Path, path: Path) -> LabelTable:
@@ -415,6 +504,7 @@ def read_mias(input_dir: Path, path: Path) -> LabelTable:
         film = int(name[3:])
         records.append(
             {
+                "where": f"{path} ({name})",
                 "file": str(file),
                 "subject": f"mias{(film + 1) // 2:03d}",
                 "laterality": "R" if film % 2 else "L",
@@ -424,7 +514,7 @@ def read_mias(input_dir: Path, path: Path) -> LabelTable:
                 "source_density": level,
             }
         )
-    return _finish(records, missing, Counter())
+    return _finish(records, missing, Counter(), input_dir)
 
 
 def read_labels(kind: str, input_dir: str | Path, label_files: list[Path] | None) -> LabelTable:

@@ -33,6 +33,7 @@ The steps, in order:
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,11 +43,18 @@ import numpy as np
 import pydicom
 from pydicom import uid as dicom_uid
 from pydicom.errors import InvalidDicomError
-from pydicom.pixels import apply_modality_lut, apply_voi_lut, get_decoder, pixel_array
+from pydicom.pixels import (
+    apply_modality_lut,
+    apply_voi_lut,
+    apply_windowing,
+    get_decoder,
+    pixel_array,
+)
 from scipy import ndimage
 from skimage.filters import threshold_multiotsu
 
 from .conventions import DatasetError
+from .files import raster_problem
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 RASTER_SUFFIXES = (".png", ".pgm", ".tif", ".tiff", ".jpg", ".jpeg")
@@ -72,6 +80,13 @@ WORKING_HEIGHT = 512
 # The pectoral muscle must be this much brighter (display units 0-1) than the
 # breast tissue next to it to count as found.
 PECTORAL_MIN_CONTRAST = 0.06
+# Images smaller than this on either side cannot be a mammogram (the smallest
+# output stage 1 trains on is 64 pixels high).
+MIN_SIDE = 32
+# OpenCV refuses to decode images declaring more pixels than this (a "decompression
+# bomb"); PNG headers are checked against a lower limit before (preprocessing.raster_problem).
+MAX_PIXELS = 2**30
+SINGLE_FRAME = "stage 0 takes single-frame 2D mammograms"
 
 
 class MammogramError(DatasetError):
@@ -108,6 +123,8 @@ class Mammogram:
     patient_id: str = ""
     # When set, ``pixels`` holds the stored values and display = (pixels - low) / (high - low).
     value_range: tuple[float, float] | None = None
+    # Broken attributes that were ignored, and what was done instead (printed as warnings).
+    notes: list[str] = field(default_factory=list)
 
     def display(self) -> np.ndarray:
         """The image as float32 display gray levels in [0, 1]."""
@@ -182,7 +199,21 @@ def read_mammogram(path: str | Path, hints: dict | None = None) -> Mammogram:
 
 
 def _read_raster(path: Path) -> Mammogram:
-    image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    try:
+        with open(path, "rb") as stream:
+            problem = raster_problem(stream)  # a bomb or a multi-page TIFF, from the header
+        if problem is not None:
+            raise MammogramError(f"{path}: {problem}; remove the file, or pass --skip-bad")
+        image = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except OSError as error:
+        raise MammogramError(f"{path}: cannot read it ({error.strerror or error})") from error
+    except cv2.error as error:
+        if "MAX_IMAGE_PIXELS" in str(error):
+            raise MammogramError(
+                f"{path}: the header declares more than {MAX_PIXELS} pixels (a decompression "
+                "bomb, or a corrupt header); not decoded. Remove the file, or pass --skip-bad"
+            ) from error
+        image = None  # OpenCV 5 raises where earlier versions returned None
     if image is None:
         raise MammogramError(
             f"{path}: not a readable image (corrupt, truncated, or not a PNG/PGM/TIFF/JPEG); "
@@ -228,39 +259,57 @@ def _read_dicom(path: Path) -> Mammogram:
             f"{path}: DICOM without pixel data (a structured report or presentation state?); "
             "remove it from the input folder"
         )
+    _check_pixel_description(path, dataset)
     transfer_syntax = dataset.file_meta.get("TransferSyntaxUID", dicom_uid.ExplicitVRLittleEndian)
     if transfer_syntax.is_compressed:
         _require_decoder(path, transfer_syntax)
+    bits = int(dataset.get("BitsStored", 16))
+    # Values above BitsStored mean a wrong header or overlay bits in the pixel
+    # data; pydicom would silently clear those bits (a different image). The
+    # uncorrected array is checked instead (one pass, and the correction's two
+    # passes are saved). Signed data keeps pydicom's sign extension.
+    unsigned_spare_bits = int(dataset.get("PixelRepresentation", 0)) == 0 and bits < int(
+        dataset.get("BitsAllocated", 16)
+    )
     try:
-        stored = pixel_array(dataset)
+        stored = pixel_array(dataset, correct_unused_bits=not unsigned_spare_bits)
     except Exception as error:  # noqa: BLE001 - any decoder failure is reported with the file
         raise MammogramError(
             f"{path}: cannot decode the pixel data ({type(error).__name__}: {error})"
         ) from error
     if stored.ndim == 3:  # multi-frame (tomosynthesis) or colour
-        raise MammogramError(
-            f"{path}: {stored.shape} pixel array; stage 0 takes single-frame 2D mammograms"
-        )
-    bits = int(dataset.get("BitsStored", 16))
+        raise MammogramError(f"{path}: {stored.shape} pixel array; {SINGLE_FRAME}")
+    if unsigned_spare_bits:
+        largest = int(stored.max())
+        if largest > 2**bits - 1:
+            raise MammogramError(
+                f"{path}: pixel values up to {largest}, but BitsStored {bits} allows at most "
+                f"{2**bits - 1}: the header is wrong or the spare bits hold other data "
+                "(overlays); correct BitsStored or remove the file"
+            )
     photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2"))
+    _check_rescale(path, dataset)
     values = apply_modality_lut(stored, dataset)
     mammogram = Mammogram(path, np.zeros((1, 1), np.float32), photometric=photometric, bits=bits)
-    if str(dataset.get("PresentationIntentType", "")).upper() == "FOR PROCESSING":
+    raw = str(dataset.get("PresentationIntentType", "")).upper() == "FOR PROCESSING"
+    voi, ignored = (None, "") if raw else _usable_voi(dataset)  # raw signal: no VOI applies
+    if raw:
         # Raw detector signal: attenuation is -log(signal); bright = dense after that.
         signal = np.log1p(np.maximum(values.astype(np.float32), 0.0))
         pixels = (signal.max() - signal) / max(float(np.ptp(signal)), 1e-6)
         mammogram.raw_conversion = "FOR PROCESSING: -log(signal), percentile window"
         mammogram.voi = "percentile window in the breast"
         mammogram.windowed = False
-    elif "VOILUTSequence" in dataset or "WindowCenter" in dataset:
-        pixels = apply_voi_lut(values, dataset, prefer_lut=True).astype(np.float32)
-        low, high = _voi_output_range(dataset)
-        pixels = np.clip((pixels - low) / (high - low), 0.0, 1.0)
-        if "VOILUTSequence" in dataset:
+    elif voi is not None:
+        if voi == "lut":
+            pixels = apply_voi_lut(values, dataset, prefer_lut=True)
             mammogram.voi = "VOI LUT sequence"
         else:
+            pixels = apply_windowing(values, dataset)
             function = str(dataset.get("VOILUTFunction", "LINEAR")).upper()
             mammogram.voi = f"window {function}"
+        low, high = _voi_output_range(dataset, voi)
+        pixels = np.clip((pixels.astype(np.float32) - low) / (high - low), 0.0, 1.0)
     else:
         # No VOI: keep the integers (a float copy of a 13-megapixel film costs
         # more than decoding it); preprocess maps value_range onto [0, 1] only
@@ -271,6 +320,9 @@ def _read_dicom(path: Path) -> Mammogram:
         pixels, mammogram.value_range = values, (low, max(high, low + 1e-6))
         mammogram.voi = "percentile window in the breast"
         mammogram.windowed = False
+    if ignored:  # how the image is shown changed: said in the manifest's voi column
+        mammogram.notes.append(f"{path}: ignored {ignored}; shown with {mammogram.voi} instead")
+        mammogram.voi += f" ({ignored} ignored)"
     if photometric == "MONOCHROME1" and not mammogram.raw_conversion:
         if mammogram.value_range is not None:
             mammogram.value_range = mammogram.value_range[::-1]  # high -> 0, low -> 1
@@ -288,9 +340,94 @@ def _read_dicom(path: Path) -> Mammogram:
     return mammogram
 
 
-def _voi_output_range(dataset) -> tuple[float, float]:
-    """The output range of pydicom's VOI step, to map it onto [0, 1]."""
+def _check_pixel_description(path: Path, dataset) -> None:
+    """Refuse what stage 0 cannot show as a gray mammogram, from the header (before decoding)."""
+    frames = dataset.get("NumberOfFrames", 1)
+    if frames not in (None, "") and int(frames) > 1:
+        raise MammogramError(f"{path}: {int(frames)} frames (tomosynthesis?); {SINGLE_FRAME}")
+    photometric = str(dataset.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    samples = int(dataset.get("SamplesPerPixel", 1) or 1)
+    if photometric in ("MONOCHROME1", "MONOCHROME2"):
+        return
+    if photometric == "PALETTE COLOR":
+        reason = "its pixel values index a colour palette, they are not gray levels"
+    elif samples == 1:
+        reason = (
+            "a colour interpretation with one sample per pixel contradicts itself, so "
+            "whether bright means dense is unknown"
+        )
+    else:
+        return  # a colour image: its 3-sample array is refused after decoding
+    raise MammogramError(
+        f"{path}: PhotometricInterpretation {photometric} (SamplesPerPixel {samples}): "
+        f"{reason}; stage 0 reads grayscale mammograms (MONOCHROME1 or MONOCHROME2). "
+        "Export the image as grayscale, or remove it"
+    )
+
+
+def _check_rescale(path: Path, dataset) -> None:
+    """The Modality LUT (stored value x slope + intercept) must map values to values."""
+    if "RescaleSlope" not in dataset and "RescaleIntercept" not in dataset:
+        return
+    slope = _number(dataset.get("RescaleSlope", 1.0))
+    intercept = _number(dataset.get("RescaleIntercept", 0.0))
+    if slope != 0 and math.isfinite(slope) and math.isfinite(intercept):
+        return
+    raise MammogramError(
+        f"{path}: RescaleSlope {slope:g}, RescaleIntercept {intercept:g}: the stored values "
+        "cannot be converted to the image's values (every pixel would become "
+        f"{'the same value' if slope == 0 else 'infinite or not a number'}); correct the tags or remove the file"
+    )
+
+
+def _number(value) -> float:
+    """The first value of a (possibly multi-valued) numeric DICOM attribute; NaN if not a number."""
+    if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
+        value = value[0] if len(value) else None
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _usable_voi(dataset) -> tuple[str | None, str]:
+    """Which VOI transform to apply ("lut", "window" or None) and the broken ones to ignore.
+
+    A broken VOI only decides how the image is shown, so it is ignored (and the
+    next one used: the window after the LUT, then a percentile window in the
+    breast) rather than the image refused. A broken Modality LUT is refused in
+    :func:`_check_rescale`: without it the window's units are unknown.
+    """
+    ignored = []
     if "VOILUTSequence" in dataset:
+        try:
+            item = dataset.VOILUTSequence[0]
+            entry_bits = int(item.LUTDescriptor[2])
+            has_data = "LUTData" in item
+        except (IndexError, AttributeError, TypeError, ValueError):
+            entry_bits, has_data = 0, False
+        if 1 <= entry_bits <= 16 and has_data:
+            return "lut", ""
+        ignored.append(f"VOI LUT sequence with {entry_bits} bits per entry")
+    if "WindowCenter" in dataset or "WindowWidth" in dataset:
+        centre = _number(dataset.get("WindowCenter"))
+        width = _number(dataset.get("WindowWidth"))
+        function = str(dataset.get("VOILUTFunction", "LINEAR") or "LINEAR").upper()
+        smallest = 1.0 if function == "LINEAR" else 0.0  # PS3.3 C.11.2.1.2: width >= 1, > 0
+        if function not in ("LINEAR", "LINEAR_EXACT", "SIGMOID"):
+            ignored.append(f"VOILUTFunction {function}")
+        elif not (math.isfinite(centre) and math.isfinite(width)):
+            ignored.append(f"window centre {centre} / width {width}")
+        elif width < smallest or (width == 0 and smallest == 0):
+            ignored.append(f"WindowWidth {width:g}")
+        else:
+            return "window", "; ".join(ignored)
+    return None, "; ".join(ignored)
+
+
+def _voi_output_range(dataset, voi: str) -> tuple[float, float]:
+    """The output range of pydicom's VOI step, to map it onto [0, 1]."""
+    if voi == "lut":
         item = dataset.VOILUTSequence[0]
         lut_bits = int(item.LUTDescriptor[2])
         return 0.0, float(2**lut_bits - 1)
@@ -514,7 +651,10 @@ def segment_breast(image: np.ndarray) -> np.ndarray:
     # classes (background, fat, dense tissue); below a two-class threshold a
     # large fatty breast's mid-gray fat can outnumber the background and
     # would be taken for it. Its noise from the pixels around it.
-    darkest = float(threshold_multiotsu(smooth, classes=3)[0])
+    try:
+        darkest = float(threshold_multiotsu(smooth, classes=3)[0])
+    except ValueError:  # fewer than three gray levels: no tissue to tell from background
+        return np.zeros(image.shape, bool)
     counts, edges = np.histogram(smooth[smooth <= darkest], bins=64)
     background = float(edges[np.argmax(counts)] + edges[np.argmax(counts) + 1]) / 2
     near = smooth[np.abs(smooth - background) < 0.25 * (darkest - background)]
@@ -696,14 +836,27 @@ def preprocess(
     if mammogram.upside_down:
         pixels = pixels[::-1]
     height, width = pixels.shape
+    if min(height, width) < MIN_SIDE:
+        raise MammogramError(
+            f"{path}: image too small ({height} x {width} pixels; a mammogram has at least "
+            f"{MIN_SIDE} on each side); remove it or pass --skip-bad"
+        )
     small = pixels
     if height > WORKING_HEIGHT:
         small = shrink(pixels, int(np.ceil(height / WORKING_HEIGHT)))
     scale = small.shape[0] / height
     small = _to_display(small, mammogram.value_range)
+    low, high = cv2.minMaxLoc(small)[:2]
+    if not high - low > 1e-6:
+        raise MammogramError(
+            f"{path}: image is constant (every pixel has the same value): no breast found; "
+            "a blank or failed exposure? Remove it or pass --skip-bad"
+        )
     breast_small = segment_breast(small)
     if breast_small.sum() < 0.01 * breast_small.size:
-        raise MammogramError(f"{path}: no breast found (empty or nearly black image)")
+        raise MammogramError(
+            f"{path}: no breast found (empty or nearly black image); remove it or pass --skip-bad"
+        )
     rows = np.flatnonzero(breast_small.any(axis=1))
     columns = np.flatnonzero(breast_small.any(axis=0))
     # crop box in full-resolution pixels

@@ -21,57 +21,20 @@ same decoding and normalisation.
 from __future__ import annotations
 
 import io
-import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import BinaryIO
 
 import cv2
 import numpy as np
 import tensorflow as tf
+
+from .files import raster_problem
 
 DEFAULT_IMAGE_SIZE = 650
 
 
 class ImageReadError(ValueError):
     """An image file cannot be decoded; the message names the file."""
-
-
-# The largest full-field mammograms have about 4,000 x 6,000 pixels; ten times that is
-# still an image, more is a decompression bomb (a few KB of PNG declaring gigapixels).
-MAX_IMAGE_PIXELS = 2**28
-
-
-def raster_problem(stream: BinaryIO) -> str | None:
-    """Why a raster file must not be decoded, read from its header alone (None if fine).
-
-    PNG: the width and height of its IHDR chunk (a bomb declares gigapixels in a few KB).
-    TIFF: a second page (only the first would be read, the rest dropped unseen).
-    """
-    start = stream.read(24)
-    if len(start) == 24 and start[:8] == b"\x89PNG\r\n\x1a\n" and start[12:16] == b"IHDR":
-        width, height = struct.unpack(">II", start[16:24])
-        if width * height > MAX_IMAGE_PIXELS:
-            return (
-                f"the PNG declares {width} x {height} pixels, more than any mammogram "
-                f"({MAX_IMAGE_PIXELS:,} at most); not decoded"
-            )
-    elif start[:4] in (b"II*\0", b"MM\0*"):
-        order = "<" if start[:2] == b"II" else ">"
-        try:
-            (first,) = struct.unpack(order + "I", start[4:8])
-            stream.seek(first)
-            (entries,) = struct.unpack(order + "H", stream.read(2))
-            stream.seek(first + 2 + 12 * entries)
-            (following,) = struct.unpack(order + "I", stream.read(4))
-        except struct.error:
-            return "truncated TIFF header"
-        if following != 0:
-            return (
-                "a TIFF with several pages (only one image per file is read): "
-                "save each page as its own file"
-            )
-    return None
 
 
 def _decode(data: bytes, path: str | Path) -> np.ndarray:

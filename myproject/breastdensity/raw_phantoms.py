@@ -36,7 +36,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from .conventions import CLASSES, PROJECTIONS
-from .files import atomic_path, atomic_write
+from .files import atomic_path, atomic_write, check_writable
 from .phantoms import (
     PD_SAMPLING_BANDS,
     encode_png,
@@ -281,55 +281,178 @@ def make_raw_phantom(seed: int, index: int, size: tuple[int, int] = (320, 256)) 
     )
 
 
+RAW_DICOM = "RawDICOM"
+RAW_TRUTH = "RawTruth"
+RAW_LABELS = "raw_labels.csv"
+RAW_MANIFEST = "raw_manifest.csv"
+RAW_ENTRIES = (RAW_DICOM, RAW_TRUTH, RAW_LABELS, RAW_MANIFEST)
+TRUTH_KINDS = ("breast", "pectoral", "reference")
+
+
+def _truth_names(dicom_file: str) -> list[str]:
+    """The truth images written with one DICOM (``RawDICOM/raw_0003.dcm``), relative to out_dir."""
+    stem = Path(dicom_file).stem
+    return [f"{RAW_TRUTH}/{stem}_{kind}.png" for kind in TRUTH_KINDS]
+
+
+def raw_files_to_overwrite(out_dir: str | Path) -> list[Path]:
+    """The files ``--raw --overwrite`` may delete: exactly those an earlier raw run wrote.
+
+    ``raw_manifest.csv`` lists every DICOM (its ``file`` column); each comes
+    with its three truth images. Files in ``RawDICOM/`` or ``RawTruth/`` that
+    are not listed were not written by the generator, and then nothing is
+    deleted.
+
+    Returns:
+        The listed DICOMs and truth images that exist, then ``raw_labels.csv``
+        and the manifest itself (last, so that an interrupted deletion can be
+        completed by running again). Empty if out_dir holds no raw phantoms.
+
+    Raises:
+        FileExistsError: raw phantom files without a readable raw_manifest.csv,
+            or files the manifest does not list.
+    """
+    out_dir = Path(out_dir)
+    existing = [name for name in RAW_ENTRIES if (out_dir / name).exists()]
+    if not existing:
+        return []
+    manifest = out_dir / RAW_MANIFEST
+    nothing = "so nothing is deleted; move them away yourself or choose another --out"
+    if not manifest.is_file():
+        raise FileExistsError(
+            f"{out_dir} holds {', '.join(existing)} but no {RAW_MANIFEST} of Make_Phantoms.py "
+            f"--raw: they were not generated there (or that run did not finish), {nothing}"
+        )
+    try:
+        files = pd.read_csv(manifest, usecols=["file"], dtype=str)["file"].dropna()
+    except (ValueError, pd.errors.ParserError) as error:
+        raise FileExistsError(
+            f"{manifest} is not a manifest of Make_Phantoms.py --raw ({error}), {nothing}"
+        ) from error
+    listed = {out_dir / name for file in files for name in (file, *_truth_names(file))}
+    present = {
+        path
+        for name in (RAW_DICOM, RAW_TRUTH)
+        if (out_dir / name).is_dir()
+        for path in (out_dir / name).rglob("*")
+        if not path.is_dir()
+    }
+    foreign = sorted(present - listed)
+    if foreign:
+        examples = ", ".join(str(path) for path in foreign[:3])
+        raise FileExistsError(
+            f"{out_dir}: {len(foreign)} file(s) in {RAW_DICOM}/ or {RAW_TRUTH}/ are not listed in "
+            f"its {RAW_MANIFEST} (e.g. {examples}): Make_Phantoms.py did not write them, {nothing}"
+        )
+    tables = [path for path in (out_dir / RAW_LABELS, manifest) if path.is_file()]
+    return [*sorted(present & listed), *tables]
+
+
+def _delete_raw_files(out_dir: Path, files: list[Path]) -> None:
+    """Delete ``files``, then the raw folders this leaves empty."""
+    for path in files:
+        path.unlink(missing_ok=True)
+    for name in (RAW_DICOM, RAW_TRUTH):
+        top = out_dir / name
+        if top.is_dir():
+            for folder in sorted(top.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+                if folder.is_dir() and not any(folder.iterdir()):
+                    folder.rmdir()
+            if not any(top.iterdir()):
+                top.rmdir()
+
+
 def write_raw_phantoms(
-    out_dir: str | Path, count: int, seed: int, size: tuple[int, int] = (320, 256)
+    out_dir: str | Path,
+    count: int,
+    seed: int,
+    size: tuple[int, int] = (320, 256),
+    overwrite: bool = False,
 ) -> Path:
     """Write ``count`` raw phantoms to ``out_dir``: DICOMs, truth masks, labels and manifest.
 
     Layout: ``RawDICOM/raw_NNNN.dcm``; ``RawTruth/raw_NNNN_{breast,pectoral,reference}.png``;
     ``raw_labels.csv`` in Preprocess_Mammograms.py's ``csv`` label format, files relative to RawDICOM/
-    (file, subject, laterality, view, density); ``raw_manifest.csv``.
+    (file, subject, laterality, view, density); ``raw_manifest.csv``, written last: it
+    says the set is complete, and lists what ``overwrite`` may delete later.
+
+    Args:
+        overwrite: replace the raw phantoms of an earlier run in out_dir; only the
+            files its manifest lists are deleted (``raw_files_to_overwrite``), so
+            none of a larger earlier run stays beside the new labels.
 
     Returns:
         The path of raw_manifest.csv.
+
+    Raises:
+        ValueError: count < 1 (before anything is written).
+        UnwritableError: out_dir cannot be written (before anything is written).
+        FileExistsError: out_dir holds raw phantoms and overwrite is False, or
+            files the generator cannot prove it wrote.
+        OSError: a write failed (a full disk); the files of this run are removed.
     """
     out_dir = Path(out_dir)
-    rows, labels = [], []
-    for index in range(count):
-        raw = make_raw_phantom(seed, index, size)
-        dicom_path = out_dir / "RawDICOM" / f"{raw.name}.dcm"
-        with atomic_path(dicom_path) as temporary:
-            raw.dataset.save_as(temporary, enforce_file_format=True)
-        for suffix, array in (
-            ("breast", raw.breast_mask.astype(np.uint8) * 255),
-            ("pectoral", raw.pectoral_mask.astype(np.uint8) * 255),
-            ("reference", raw.reference),
-        ):
-            data = encode_png(array)
-            atomic_write(
-                out_dir / "RawTruth" / f"{raw.name}_{suffix}.png",
-                lambda path, data=data: path.write_bytes(data),
+    if count < 1:
+        raise ValueError(f"the number of raw phantoms must be at least 1, got {count}")
+    check_writable(out_dir, "raw phantom folder")
+    ours = raw_files_to_overwrite(out_dir)
+    if ours and not overwrite:
+        images = sum(path.name not in (RAW_LABELS, RAW_MANIFEST) for path in ours)
+        raise FileExistsError(
+            f"{out_dir} already holds raw phantoms: --overwrite would delete the {images} "
+            f"DICOMs and truth images listed in its {RAW_MANIFEST}, {RAW_LABELS}, the manifest "
+            "itself and the folders this leaves empty; or choose another --out"
+        )
+    _delete_raw_files(out_dir, ours)
+    rows, labels, written = [], [], []
+    try:
+        for index in range(count):
+            raw = make_raw_phantom(seed, index, size)
+            dicom_path = out_dir / RAW_DICOM / f"{raw.name}.dcm"
+            with atomic_path(dicom_path) as temporary:
+                raw.dataset.save_as(temporary, enforce_file_format=True)
+            written.append(dicom_path)
+            for suffix, array in (
+                ("breast", raw.breast_mask.astype(np.uint8) * 255),
+                ("pectoral", raw.pectoral_mask.astype(np.uint8) * 255),
+                ("reference", raw.reference),
+            ):
+                data = encode_png(array)
+                written.append(
+                    atomic_write(
+                        out_dir / RAW_TRUTH / f"{raw.name}_{suffix}.png",
+                        lambda path, data=data: path.write_bytes(data),
+                    )
+                )
+            view, side = raw.projection.split("_")
+            labels.append(
+                {
+                    "file": f"{raw.name}.dcm",
+                    "subject": raw.subject,
+                    "laterality": side,
+                    "view": view,
+                    "density": raw.label,
+                }
             )
-        view, side = raw.projection.split("_")
-        labels.append(
-            {
-                "file": f"{raw.name}.dcm",
-                "subject": raw.subject,
-                "laterality": side,
-                "view": view,
-                "density": raw.label,
-            }
+            rows.append(
+                {
+                    "file": f"{RAW_DICOM}/{raw.name}.dcm",
+                    "projection": raw.projection,
+                    "subject": raw.subject,
+                    "class": raw.label,
+                    **raw.description,
+                }
+            )
+        written.append(
+            atomic_write(
+                out_dir / RAW_LABELS, lambda p: pd.DataFrame(labels).to_csv(p, index=False)
+            )
         )
-        rows.append(
-            {
-                "file": f"RawDICOM/{raw.name}.dcm",
-                "projection": raw.projection,
-                "subject": raw.subject,
-                "class": raw.label,
-                **raw.description,
-            }
-        )
-    atomic_write(out_dir / "raw_labels.csv", lambda p: pd.DataFrame(labels).to_csv(p, index=False))
-    manifest = out_dir / "raw_manifest.csv"
-    atomic_write(manifest, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
+        manifest = out_dir / RAW_MANIFEST
+        atomic_write(manifest, lambda p: pd.DataFrame(rows).to_csv(p, index=False))
+    except BaseException:
+        # No manifest lists these files, so a later --overwrite could not remove
+        # them: an incomplete set is removed now rather than left half-written.
+        _delete_raw_files(out_dir, written)
+        raise
     return manifest

@@ -5,12 +5,15 @@
 * ``build_augmentation``: the reference's augmentation as Keras layers.
 * ``HistoryRecorder``: the reference's history txt files, written every epoch
   and continued (not restarted) when a killed run resumes.
+* ``AtomicModelCheckpoint``: Keras' best-checkpoint saving, without half-written files.
+* ``data_fingerprint``: which images a run trained on, to compare on resume.
 * ``StopOnNonFiniteLoss``: a diverged run stops with an error, unsaved.
 * ``choose_strategy``: one device, all GPUs, or several nodes.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -283,6 +286,26 @@ def training_datasets(
     )
 
 
+def data_fingerprint(data: TrainingData) -> dict[str, dict]:
+    """Per split: the number of image files and a SHA-256 of their sorted names.
+
+    A name is the path below the data root (``TrainingSet/CC_R/train/A/x.png``):
+    the same images give the same fingerprint wherever the data root lies, while
+    an added, removed, renamed or relabelled image changes it. Only names are
+    hashed, not contents, so computing it costs nothing next to decoding.
+    """
+
+    def fingerprint(records: list[ImageRecord]) -> dict:
+        names = sorted(Path(*record.path.parts[-5:]).as_posix() for record in records)
+        digest = hashlib.sha256("\n".join(names).encode("utf-8")).hexdigest()
+        return {"files": len(names), "names_sha256": digest}
+
+    return {
+        "train": fingerprint(data.train_records),
+        "validation": fingerprint(data.validation_records),
+    }
+
+
 def class_weights(records: list[ImageRecord]) -> dict[int, float]:
     """Balanced class weights n / (k * n_c) (scikit-learn's 'balanced'), absent classes skipped."""
     labels = np.array([r.label_index for r in records])
@@ -408,6 +431,32 @@ class HistoryRecorder(keras.callbacks.Callback):
             )
 
 
+class AtomicModelCheckpoint(keras.callbacks.ModelCheckpoint):
+    """``ModelCheckpoint`` whose .keras files appear complete or not at all.
+
+    Keras writes a checkpoint in place: a full disk or a kill during the save
+    would leave a truncated file under a checkpoint name, which
+    ``best_checkpoint`` would later pick (for ``--init-from``, for stage 2).
+    Here the model goes to a temporary file beside it (``save_model``) that
+    replaces the target only once complete; on an error none is left behind
+    and the error propagates. Whole models only (no ``save_weights_only``).
+    """
+
+    def __init__(self, filepath, **kwargs):
+        if kwargs.get("save_weights_only"):
+            raise ValueError("AtomicModelCheckpoint saves whole .keras models only")
+        super().__init__(filepath, **kwargs)
+
+    def _save_model(self, epoch, batch, logs):
+        filepath = self._get_file_path(epoch, batch, logs)
+        # Decides (and records the new best) as ModelCheckpoint does, with its messages.
+        if not self._should_save_model(epoch, batch, logs, filepath):
+            return
+        save_model(self.model, Path(filepath))
+        if self.verbose > 0:
+            print(f"\nEpoch {epoch + 1}: finished saving model to {filepath}")
+
+
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the message says when."""
 
@@ -443,11 +492,15 @@ class StopOnNonFiniteLoss(keras.callbacks.Callback):
 
 
 def write_history(model_dir: Path, rows: list[dict]) -> None:
-    """history.csv (read back on resume, so written atomically) and the reference's txt files."""
+    """history.csv (read back on resume) and the reference's txt files, each written atomically.
+
+    A full disk during a write then leaves the previous epoch's complete file, never a cut one.
+    """
     table = pd.DataFrame(rows)
     atomic_write(model_dir / HISTORY_CSV, lambda path: table.to_csv(path, index=False))
     for file_name, column in HISTORY_FILES.items():
-        np.savetxt(model_dir / file_name, table[column].to_numpy(np.float64))
+        values = table[column].to_numpy(np.float64)
+        atomic_write(model_dir / file_name, lambda path, values=values: np.savetxt(path, values))
 
 
 def plot_curves(model_dir: Path, final: bool = False) -> Path:
@@ -481,8 +534,10 @@ def plot_curves(model_dir: Path, final: bool = False) -> Path:
     )
     figure.tight_layout()
     target = Path(model_dir) / CURVES_FILE
-    figure.savefig(target, dpi=100)
-    plt.close(figure)
+    try:
+        atomic_write(target, lambda path: figure.savefig(path, dpi=100))
+    finally:
+        plt.close(figure)
     return target
 
 

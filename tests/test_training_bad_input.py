@@ -1,0 +1,483 @@
+"""Stage 1 and the phantom generator on bad input: refused with a message, never data lost.
+
+Concurrent runs into one model folder, --resume from another working directory or
+with a damaged configuration, a finished run resumed with other settings, a disk
+that fills up while a checkpoint is saved, unusable --init-from models, and the
+raw phantom generator's --overwrite and unwritable output folders.
+"""
+
+import errno
+import json
+import os
+import socket
+import subprocess
+
+import keras
+import Make_Phantoms
+import numpy as np
+import pandas as pd
+import pytest
+import Train_ResNet
+from test_reliability import tiny_model, train_args
+
+from breastdensity.files import LOCK_FILE, hold_folder
+from breastdensity.phantoms import generate_dataset
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """A tiny phantom set: 4 training, 4 validation and 4 test subjects (one per class) at 64 px."""
+    root = tmp_path_factory.mktemp("bad_input_data")
+    generate_dataset(root, (4, 4, 4), (64, 64), seed=3)
+    return root
+
+
+@pytest.fixture
+def small_network(monkeypatch):
+    """A network that builds in milliseconds where only the training loop matters."""
+    import breastdensity.network
+
+    monkeypatch.setattr(breastdensity.network, "build_resnet", tiny_model)
+    monkeypatch.setattr(Train_ResNet, "build_resnet", tiny_model, raising=False)
+
+
+def lock_file_of(folder, pid):
+    """A lock file as a run with process ``pid`` on this host leaves it."""
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / LOCK_FILE
+    lock.write_text(f"pid={pid}\nhost={socket.gethostname()}\n")
+    return lock
+
+
+def interrupted(data_root, models_root, **settings):
+    """A run folder as a killed run leaves it: backup/ and training_config.json."""
+    folder = models_root / "CC_R_model"
+    (folder / "backup").mkdir(parents=True)
+    arguments = Train_ResNet.parse_arguments(train_args(data_root, models_root))
+    config = Train_ResNet.resolved_settings(arguments, "CC_R", replicas=1)
+    config.update(settings)
+    (folder / "training_config.json").write_text(json.dumps(config))
+    return folder
+
+
+def contents(folder):
+    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+# ----------------------------------------------------------------------------
+# One run per model folder
+# ----------------------------------------------------------------------------
+
+
+class TestConcurrentRuns:
+    def test_a_folder_held_by_a_live_run_is_refused(self, data, tmp_path, capsys):
+        folder = tmp_path / "CC_R_model"
+        other = subprocess.Popen(["sleep", "60"])
+        try:
+            lock_file_of(folder, other.pid)
+            (folder / "history.csv").write_text("the other run's\n")
+            before = contents(folder)
+            assert Train_ResNet.main(train_args(data, tmp_path)) == 2
+            error = capsys.readouterr().err
+            assert f"process {other.pid}" in error and str(folder) in error
+            assert "wait for that run" in error
+            assert contents(folder) == before  # nothing of the other run touched
+            # with --resume too: the lock comes before any other check
+            assert Train_ResNet.main(train_args(data, tmp_path, "--resume")) == 2
+            assert "in use by" in capsys.readouterr().err
+        finally:
+            other.kill()
+            other.wait()
+
+    def test_a_folder_held_in_this_process_is_refused(self, data, tmp_path, capsys):
+        folder = tmp_path / "CC_R_model"
+        with hold_folder(folder, "model folder"):
+            assert Train_ResNet.main(train_args(data, tmp_path)) == 2
+            assert "in use by" in capsys.readouterr().err
+            assert [p.name for p in folder.iterdir()] == [LOCK_FILE]
+        assert not (folder / LOCK_FILE).exists()
+
+    def test_a_stale_lock_is_taken_over(self, data, tmp_path, small_network):
+        finished = subprocess.Popen(["true"])
+        finished.wait()
+        folder = tmp_path / "CC_R_model"
+        lock_file_of(folder, finished.pid)
+        assert Train_ResNet.main(train_args(data, tmp_path)) == 0
+        assert (folder / "final_weights.keras").is_file()
+        assert not (folder / LOCK_FILE).exists()  # released at the end of the run
+
+    def test_a_refused_run_leaves_no_empty_folder(self, tmp_path, capsys):
+        assert Train_ResNet.main(train_args(tmp_path / "nothing", tmp_path)) == 2
+        assert "does not exist" in capsys.readouterr().err
+        assert not (tmp_path / "CC_R_model").exists()
+
+
+# ----------------------------------------------------------------------------
+# --resume: the data and the configuration
+# ----------------------------------------------------------------------------
+
+
+class TestResumeData:
+    def test_same_relative_data_root_from_another_directory_is_refused(
+        self, data, tmp_path, monkeypatch, capsys
+    ):
+        first, second = tmp_path / "first", tmp_path / "second"
+        first.mkdir()
+        second.mkdir()
+        (first / "data").symlink_to(data)
+        # Other data: one validation image fewer.
+        import shutil
+
+        shutil.copytree(data, second / "data")
+        next((second / "data" / "ValidationSet" / "CC_R").rglob("*.png")).unlink()
+        models = tmp_path / "models"
+        monkeypatch.chdir(first)
+        folder = interrupted("data", models)
+        config = json.loads((folder / "training_config.json").read_text())
+        assert config["data_root"] == "data"
+        assert config["data_root_resolved"] == [str(data.resolve())]
+        before = (folder / "training_config.json").read_text()
+
+        monkeypatch.chdir(second)
+        assert Train_ResNet.main(train_args("data", models, "--resume")) == 2
+        error = capsys.readouterr().err
+        assert f"data_root_resolved: ['{data.resolve()}'] -> ['{(second / 'data').resolve()}']" in (
+            error
+        )
+        assert "--data-root" in error and "--allow-changes" in error
+        assert (folder / "training_config.json").read_text() == before
+
+    def test_changed_images_under_the_same_root_are_refused(
+        self, data, tmp_path, small_network, capsys
+    ):
+        import shutil
+
+        shutil.copytree(data, tmp_path / "d")
+        models = tmp_path / "models"
+        assert Train_ResNet.main(train_args(tmp_path / "d", models, "--epochs", "1")) == 0
+        folder = models / "CC_R_model"
+        config = json.loads((folder / "training_config.json").read_text())
+        assert config["data_fingerprint"]["train"]["files"] == 4
+        assert config["data_fingerprint"]["validation"]["files"] == 4
+        # Make it an interrupted run again, then change the data.
+        (folder / "final_weights.keras").unlink()
+        (folder / "backup").mkdir()
+        image = next((tmp_path / "d" / "TrainingSet" / "CC_R" / "train" / "A").glob("*.png"))
+        image.rename(image.with_name("renamed_A_CC_R.png"))
+        assert Train_ResNet.main(train_args(tmp_path / "d", models, "--resume")) == 2
+        error = capsys.readouterr().err
+        assert "data_fingerprint: train 4 files" in error and "--allow-changes" in error
+        assert not (folder / "final_weights.keras").exists()
+
+    def test_a_configuration_without_the_new_fields_still_resumes(
+        self, data, tmp_path, small_network
+    ):
+        folder = interrupted(data, tmp_path)
+        config = json.loads((folder / "training_config.json").read_text())
+        del config["data_root_resolved"]
+        (folder / "training_config.json").write_text(json.dumps(config))
+        assert Train_ResNet.main(train_args(data, tmp_path, "--resume")) == 0
+        config = json.loads((folder / "training_config.json").read_text())
+        assert "changes_on_resume" not in config  # unknown is not a change
+        assert config["data_root_resolved"] == [str(data.resolve())]
+        assert config["data_fingerprint"]["train"]["files"] == 4
+
+    def test_fingerprint_differences_read_as_a_setting(self, tmp_path):
+        arguments = Train_ResNet.parse_arguments(train_args(".", tmp_path))
+        settings = Train_ResNet.resolved_settings(arguments, "CC_R", replicas=1)
+        now = {**settings, "data_fingerprint": {"train": {"files": 3, "names_sha256": "ab" * 32}}}
+        before = {
+            **settings,
+            "data_fingerprint": {"train": {"files": 4, "names_sha256": "cd" * 32}},
+        }
+        differences = Train_ResNet.setting_differences(before, now)
+        assert list(differences) == ["data_fingerprint"]
+        assert "train 4 files (names cdcdcdcdcdcd) -> train 3 files (names abababababab)" in (
+            Train_ResNet.describe_differences(differences)
+        )
+        assert Train_ResNet.setting_differences(settings, now) == {}  # not recorded: unknown
+
+
+class TestDamagedConfiguration:
+    @pytest.mark.parametrize(
+        ("text", "reason"),
+        [
+            ("not json at all", "Expecting value"),
+            ('["a", "list"]', "JSON list, not an object"),
+            ('{"projection": "CC_R", "image_si', "Unterminated string"),
+            ("", "Expecting value"),
+        ],
+    )
+    def test_unreadable_configuration_names_the_file(self, data, tmp_path, capsys, text, reason):
+        folder = interrupted(data, tmp_path)
+        (folder / "training_config.json").write_text(text)
+        assert Train_ResNet.main(train_args(data, tmp_path, "--resume")) == 2
+        error = capsys.readouterr().err
+        assert str(folder / "training_config.json") in error and reason in error
+        assert "restore it" in error and "--allow-changes" in error
+        assert (folder / "training_config.json").read_text() == text  # left as it was
+
+    def test_missing_configuration_needs_allow_changes(self, data, tmp_path, capsys, small_network):
+        folder = interrupted(data, tmp_path)
+        (folder / "training_config.json").unlink()
+        assert Train_ResNet.main(train_args(data, tmp_path, "--resume")) == 2
+        assert "no training_config.json" in capsys.readouterr().err
+        assert Train_ResNet.main(train_args(data, tmp_path, "--resume", "--allow-changes")) == 0
+        config = json.loads((folder / "training_config.json").read_text())
+        changed = {change["setting"]: change["before"] for change in config["changes_on_resume"]}
+        assert changed["epochs"] is None and changed["optimizer"] is None
+
+
+class TestFinishedRun:
+    def finished(self, data_root, models_root, **settings):
+        folder = interrupted(data_root, models_root, **settings)
+        (folder / "backup").rmdir()
+        tiny_model().save(folder / "final_weights.keras")
+        return folder
+
+    def test_changed_settings_say_the_run_is_finished(self, data, tmp_path, capsys):
+        folder = self.finished(data, tmp_path)
+        before = contents(folder)
+        assert Train_ResNet.main(train_args(data, tmp_path, "--resume", "--epochs", "5")) == 2
+        error = capsys.readouterr().err
+        assert "holds a finished run" in error and "epochs: 1 -> 5" in error
+        assert "another --models-root" in error and "--init-from" in error
+        assert "--resume --allow-changes" in error
+        assert contents(folder) == before
+        # --allow-changes: the finished model is left as it is, the command goes on
+        assert (
+            Train_ResNet.main(
+                train_args(data, tmp_path, "--resume", "--epochs", "5", "--allow-changes")
+            )
+            == 0
+        )
+        assert "left as it is" in capsys.readouterr().out
+        assert contents(folder) == before
+
+    def test_same_settings_have_nothing_to_resume(self, data, tmp_path, capsys):
+        folder = self.finished(data, tmp_path)
+        assert Train_ResNet.main(train_args(data, tmp_path, "--resume")) == 0
+        assert "nothing to resume" in capsys.readouterr().out
+        assert not (folder / LOCK_FILE).exists()
+
+
+# ----------------------------------------------------------------------------
+# Full disk while saving
+# ----------------------------------------------------------------------------
+
+
+def full_disk_on(monkeypatch, names):
+    """Model saves to files whose name contains one of ``names`` write half a file, then fail."""
+    save = keras.Model.save
+
+    def failing_save(model, path, *args, **kwargs):
+        if any(name in str(path) for name in names):
+            with open(path, "wb") as stream:
+                stream.write(b"PK\x03\x04 half a model")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return save(model, path, *args, **kwargs)
+
+    monkeypatch.setattr(keras.Model, "save", failing_save)
+
+
+class TestFullDisk:
+    def test_full_disk_during_a_checkpoint_leaves_no_cut_file(
+        self, data, tmp_path, monkeypatch, capsys, small_network
+    ):
+        full_disk_on(monkeypatch, ["weights-improvement"])
+        assert Train_ResNet.main(train_args(data, tmp_path)) == 2
+        error = capsys.readouterr().err
+        folder = tmp_path / "CC_R_model"
+        assert f"cannot write in the model folder {folder}" in error
+        assert "No space left on device" in error and "--resume" in error
+        assert not list(folder.rglob("*.keras")) and not list(folder.rglob(".*.keras"))
+        assert not (folder / LOCK_FILE).exists()
+
+    def test_full_disk_during_the_final_save_can_be_resumed(
+        self, data, tmp_path, monkeypatch, capsys, small_network
+    ):
+        full_disk_on(monkeypatch, ["final_weights"])
+        assert Train_ResNet.main(train_args(data, tmp_path, "--epochs", "2")) == 2
+        assert "No space left on device" in capsys.readouterr().err
+        folder = tmp_path / "CC_R_model"
+        assert not list(folder.glob("*final_weights*"))
+        assert (folder / "backup").is_dir()  # kept: the trained epochs are not lost
+        monkeypatch.undo()
+        monkeypatch.setattr(Train_ResNet, "build_resnet", tiny_model)
+        assert Train_ResNet.main(train_args(data, tmp_path, "--epochs", "2", "--resume")) == 0
+        assert (folder / "final_weights.keras").is_file() and not (folder / "backup").exists()
+        assert pd.read_csv(folder / "history.csv")["epoch"].tolist() == [1, 2]
+
+    def test_history_files_are_replaced_whole(self, tmp_path, monkeypatch):
+        from breastdensity import training
+
+        rows = [{"epoch": 1, "loss": 1.0, "acc": 0.5, "val_loss": 1.1, "val_acc": 0.25}]
+        training.write_history(tmp_path, rows)
+        before = (tmp_path / "loss_train.txt").read_text()
+
+        def full(path, values):
+            with open(path, "w") as stream:
+                stream.write("1.0")
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+        monkeypatch.setattr(training.np, "savetxt", full)
+        with pytest.raises(OSError, match="No space left"):
+            training.write_history(tmp_path, [*rows, {**rows[0], "epoch": 2}])
+        assert (tmp_path / "loss_train.txt").read_text() == before
+        assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []
+
+
+# ----------------------------------------------------------------------------
+# --init-from models that cannot be used
+# ----------------------------------------------------------------------------
+
+
+class TestInitFrom:
+    def source(self, root, model):
+        folder = root / "CC_R_model"
+        folder.mkdir(parents=True)
+        model.save(folder / "final_weights.keras")
+        return folder / "final_weights.keras"
+
+    def test_a_model_with_a_lambda_layer_is_not_loaded(self, data, tmp_path, capsys, small_network):
+        inputs = keras.Input((64, 64, 3))
+        outputs = keras.layers.Dense(4)(keras.layers.Lambda(lambda x: x * 2.0)(inputs))
+        model_file = self.source(tmp_path / "src", keras.Model(inputs, outputs))
+        arguments = train_args(data, tmp_path / "out", "--init-from", tmp_path / "src")
+        assert Train_ResNet.main(arguments) == 2
+        error = capsys.readouterr().err
+        assert str(model_file) in error and "Lambda" in error
+        assert not (tmp_path / "out" / "CC_R_model").exists()
+
+    def test_a_truncated_model_file_is_named(self, data, tmp_path, capsys, small_network):
+        model_file = self.source(tmp_path / "src", tiny_model())
+        model_file.write_bytes(model_file.read_bytes()[: model_file.stat().st_size // 2])
+        arguments = train_args(data, tmp_path / "out", "--init-from", tmp_path / "src")
+        assert Train_ResNet.main(arguments) == 2
+        error = capsys.readouterr().err
+        assert str(model_file) in error and "copy or train it again" in error
+
+    def test_an_incompatible_model_is_a_clear_error(self, data, tmp_path, capsys, small_network):
+        other = keras.Sequential(
+            [keras.Input((64, 64, 3)), keras.layers.Flatten(), keras.layers.Dense(4)]
+        )
+        model_file = self.source(tmp_path / "src", other)
+        arguments = train_args(data, tmp_path / "out", "--init-from", tmp_path / "src")
+        assert Train_ResNet.main(arguments) == 2
+        error = capsys.readouterr().err
+        assert str(model_file) in error and "does not fit the network" in error
+        assert "weight arrays" in error or "weight array 1" in error
+
+
+# ----------------------------------------------------------------------------
+# Make_Phantoms.py --raw
+# ----------------------------------------------------------------------------
+
+
+def raw(out, subjects, *extra):
+    return Make_Phantoms.main(
+        ["--raw", "--out", str(out), "--subjects", str(subjects), "0", "0"]
+        + ["--size", "96", "80", "--seed", "3", *extra]
+    )
+
+
+class TestRawPhantoms:
+    def test_overwrite_removes_every_file_of_the_earlier_run(self, tmp_path, capsys):
+        notes = tmp_path / "notes.txt"
+        notes.write_text("mine")
+        assert raw(tmp_path, 2) == 0
+        assert len(list((tmp_path / "RawDICOM").glob("*.dcm"))) == 8
+        assert raw(tmp_path, 1) == 2
+        error = capsys.readouterr().err
+        assert "--overwrite would delete the 32 DICOMs and truth images" in error
+        assert raw(tmp_path, 1, "--overwrite") == 0
+        dicoms = sorted(p.name for p in (tmp_path / "RawDICOM").iterdir())
+        assert dicoms == [f"raw_{i:04d}.dcm" for i in range(4)]
+        assert len(list((tmp_path / "RawTruth").iterdir())) == 12
+        labels = pd.read_csv(tmp_path / "raw_labels.csv")
+        assert sorted(labels["file"]) == dicoms
+        assert len(pd.read_csv(tmp_path / "raw_manifest.csv")) == 4
+        assert notes.read_text() == "mine"  # beside the raw phantoms: kept
+
+    def test_overwrite_deletes_nothing_beside_unknown_files(self, tmp_path, capsys):
+        assert raw(tmp_path, 1) == 0
+        foreign = tmp_path / "RawDICOM" / "scanner_0001.dcm"
+        foreign.write_bytes(b"a real scan")
+        before = contents(tmp_path)
+        assert raw(tmp_path, 1, "--overwrite") == 2
+        error = capsys.readouterr().err
+        assert "scanner_0001.dcm" in error and "nothing is deleted" in error
+        assert contents(tmp_path) == before
+
+    def test_raw_files_without_a_manifest_are_not_deleted(self, tmp_path, capsys):
+        (tmp_path / "RawDICOM").mkdir()
+        (tmp_path / "RawDICOM" / "raw_0000.dcm").write_bytes(b"someone's")
+        assert raw(tmp_path, 1, "--overwrite") == 2
+        assert "no raw_manifest.csv" in capsys.readouterr().err
+        assert (tmp_path / "RawDICOM" / "raw_0000.dcm").read_bytes() == b"someone's"
+
+    def test_unwritable_folder_is_reported_before_work(self, tmp_path, monkeypatch, capsys):
+        import breastdensity.files
+        import breastdensity.raw_phantoms
+
+        def never(*args, **kwargs):
+            raise AssertionError("generated although the output folder is unwritable")
+
+        monkeypatch.setattr(breastdensity.raw_phantoms, "make_raw_phantom", never)
+        (tmp_path / "file").write_text("")
+        assert raw(tmp_path / "file" / "out", 1) == 2
+        assert "cannot write the raw phantom folder" in capsys.readouterr().err
+
+        def read_only(folder):
+            raise OSError(errno.EROFS, "Read-only file system", str(folder))
+
+        monkeypatch.setattr(breastdensity.files, "_probe", read_only)
+        assert raw(tmp_path / "out", 1) == 2
+        error = capsys.readouterr().err
+        assert "Read-only file system" in error and str(tmp_path / "out") in error
+        assert not (tmp_path / "out").exists()
+
+    @pytest.mark.skipif(os.geteuid() == 0, reason="permission bits do not stop root")
+    def test_read_only_folder(self, tmp_path, capsys):
+        folder = tmp_path / "ro"
+        folder.mkdir()
+        folder.chmod(0o555)
+        try:
+            assert raw(folder, 1) == 2
+            assert "cannot write the raw phantom folder" in capsys.readouterr().err
+        finally:
+            folder.chmod(0o755)
+
+    def test_full_disk_while_writing_removes_the_partial_set(self, tmp_path, monkeypatch, capsys):
+        import breastdensity.raw_phantoms
+
+        make = breastdensity.raw_phantoms.make_raw_phantom
+
+        def fill_up(seed, index, size):
+            if index == 2:
+                raise OSError(errno.ENOSPC, "No space left on device", "RawDICOM/raw_0002.dcm")
+            return make(seed, index, size)
+
+        monkeypatch.setattr(breastdensity.raw_phantoms, "make_raw_phantom", fill_up)
+        assert raw(tmp_path, 1) == 2
+        error = capsys.readouterr().err
+        assert "No space left on device" in error and str(tmp_path) in error
+        assert sorted(p.name for p in tmp_path.iterdir()) == []
+
+    @pytest.mark.parametrize("subjects", [["0", "0", "0"], ["-1", "0", "0"]])
+    def test_no_or_negative_subjects_are_refused(self, tmp_path, subjects, capsys):
+        with pytest.raises(SystemExit) as stop:
+            Make_Phantoms.main(
+                ["--raw", "--out", str(tmp_path / "d"), "--subjects", *subjects, "--seed", "1"]
+            )
+        assert stop.value.code == 2
+        assert "--subjects" in capsys.readouterr().err
+        assert not (tmp_path / "d").exists()
+
+
+def test_history_txt_files_still_hold_one_value_per_epoch(tmp_path):
+    from breastdensity.training import write_history
+
+    rows = [{"epoch": e, "loss": 1.0, "acc": 0.5, "val_loss": 1.0, "val_acc": 0.5} for e in (1, 2)]
+    write_history(tmp_path, rows)
+    assert np.loadtxt(tmp_path / "acc_val.txt").shape == (2,)
