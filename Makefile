@@ -2,8 +2,8 @@
 #   make demo       set up .venv, then run stages 2 -> 4 on the shipped example into runs/demo/
 #   make test       set up .venv with the test tools, then lint and run the whole suite (CI)
 #   make test-fast  the same without the tests marked slow: the edit-run loop (under 2 minutes)
-# Both create a local virtual environment (.venv) from the pinned requirements
-# on first use and reuse it afterwards.
+# Both create a local virtual environment (.venv) from the pinned requirements and
+# the package (pip install -e .) on first use and reuse it afterwards.
 
 PYTHON ?= python3   # the interpreter that creates .venv: make PYTHON=python3.12 demo
 VENV   := .venv
@@ -16,8 +16,11 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 
-$(VENV)/.runtime-installed: requirements.txt | $(BIN)/python
+# The pinned libraries, then the package itself, editable: scripts, notebooks, tools and
+# tests import `breastdensity` from myproject/breastdensity/ as it is edited.
+$(VENV)/.runtime-installed: requirements.txt pyproject.toml | $(BIN)/python
 	$(BIN)/python -m pip install --quiet -r requirements.txt
+	$(BIN)/python -m pip install --quiet -e .
 	touch $@
 
 $(VENV)/.dev-installed: requirements-dev.txt $(VENV)/.runtime-installed

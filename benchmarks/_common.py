@@ -3,20 +3,17 @@
 from __future__ import annotations
 
 import os
-import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "myproject"))
 
 
 def phantom_folder(
     out: Path, test_subjects: int, size=(325, 260), seed=99, train_subjects=0
 ) -> Path:
     """A phantom dataset for a benchmark (made once, reused)."""
-    from breastdensity.phantoms import generate_dataset
+    from breastdensity.data.phantoms import generate_dataset
 
     if not (out / "manifest.csv").exists():
         generate_dataset(

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from _common import REPO
 
-from breastdensity import phantoms
+from breastdensity.data import phantoms
 
 GENERATOR = "myproject/breastdensity/phantoms.py"
 

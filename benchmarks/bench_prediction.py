@@ -23,6 +23,8 @@ from pathlib import Path
 
 from _common import Timer, phantom_folder
 
+from breastdensity.quiet import quiet_tensorflow
+
 
 def predict_files(data: Path, count: int, img_size: int, batch: int) -> dict:
     """Run in a child process: predict `count` images, report peak memory."""
@@ -52,6 +54,7 @@ def main() -> None:
     )
     parser.add_argument("--child", nargs=1, type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    quiet_tensorflow()  # after the arguments: --help answers at once
     data = phantom_folder(args.data, test_subjects=100, size=(650, 520))
     if args.child:
         print(json.dumps(predict_files(data, args.child[0], args.img_size, args.batch_size)))

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from _common import Timer
 
+from breastdensity.quiet import quiet_tensorflow
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -32,6 +34,7 @@ def main() -> None:
         "--data", type=Path, default=Path(tempfile.gettempdir()) / "bench_phantoms_train"
     )
     args = parser.parse_args()
+    quiet_tensorflow()  # after the arguments: --help answers at once
 
     import keras
     import numpy as np
@@ -42,7 +45,7 @@ def main() -> None:
 
     data_root = args.data
     if not (data_root / "manifest.csv").exists():
-        from breastdensity.phantoms import generate_dataset
+        from breastdensity.data.phantoms import generate_dataset
 
         generate_dataset(data_root, (60, 8, 0), (650, 520), seed=98, workers=2)
     size = (args.img_size, args.img_size)

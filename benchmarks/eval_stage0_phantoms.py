@@ -1,6 +1,6 @@
 """Stage 0 against ground truth: raw DICOM phantoms -> breast and pectoral Dice, orientation.
 
-Each raw phantom (``breastdensity.raw_phantoms``: VOI windows incl. SIGMOID, VOI
+Each raw phantom (``breastdensity.data.raw_phantoms``: VOI windows incl. SIGMOID, VOI
 LUTs, FOR PROCESSING signal, MONOCHROME1/2, flips, burned-in markers, bright
 pectoral muscle) is written as a DICOM, read back and put through stage 0; its
 masks are compared with the true ones in the output frame, and its image with
@@ -16,13 +16,12 @@ import argparse
 import tempfile
 from pathlib import Path
 
-import _common  # noqa: F401 - puts myproject/ on the path
 import cv2
 import numpy as np
 import pandas as pd
 
+from breastdensity.data.raw_phantoms import make_raw_phantom
 from breastdensity.mammograms import dice, preprocess, quantise, read_mammogram, to_output_frame
-from breastdensity.raw_phantoms import make_raw_phantom
 
 
 def main() -> None:

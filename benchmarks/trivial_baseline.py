@@ -12,7 +12,7 @@ import argparse
 import json
 from pathlib import Path
 
-import _common  # noqa: F401  (puts myproject/ on the path)
+from breastdensity.quiet import quiet_tensorflow
 
 
 def main() -> None:
@@ -24,6 +24,7 @@ def main() -> None:
         "--test", type=Path, help="generated dataset with a test split (default: --train)"
     )
     args = parser.parse_args()
+    quiet_tensorflow()  # after the arguments: --help answers at once
     from breastdensity.baseline import trivial_baseline
 
     print(json.dumps(trivial_baseline(args.train, args.test), indent=2))

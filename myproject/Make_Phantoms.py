@@ -33,14 +33,12 @@ import sys
 import time
 from pathlib import Path
 
-import breastdensity.quiet  # noqa: F401  first: TensorFlow then starts without its chatter
-
-# isort: split
-
 from breastdensity.conventions import DENSE_MASKS, MIN_IMAGE_SIZE
 from breastdensity.files import UnwritableError
-from breastdensity.phantoms import MANIFEST_NAME, PREVALENCE, generate_dataset, plot_examples
-from breastdensity.raw_phantoms import write_raw_phantoms
+
+# The class mixes of breastdensity.data.phantoms.PREVALENCE, named here so that --help
+# needs no import of the generator.
+PREVALENCES = ("balanced", "screening")
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -68,7 +66,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--seed", type=int, required=True, help="the dataset is fixed by the seed")
     parser.add_argument(
         "--prevalence",
-        choices=sorted(PREVALENCE),
+        choices=PREVALENCES,
         default="balanced",
         help="class mix: balanced (default) or screening (10/40/40/10 %% for A/B/C/D)",
     )
@@ -126,6 +124,12 @@ def _reason(error: OSError) -> str:
 
 def main(argv=None) -> int:
     args = parse_arguments(argv)
+    # Imported once the arguments are checked, so that --help and argument errors are
+    # instant. None of them loads TensorFlow: making phantoms needs none.
+    from breastdensity.data.phantom_plots import plot_examples
+    from breastdensity.data.phantoms import MANIFEST_NAME, generate_dataset
+    from breastdensity.data.raw_phantoms import write_raw_phantoms
+
     started = time.perf_counter()
     if args.raw:
         images = 4 * sum(args.subjects)

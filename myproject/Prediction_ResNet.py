@@ -39,10 +39,6 @@ import time
 import warnings
 from pathlib import Path
 
-import breastdensity.quiet  # noqa: F401  first: TensorFlow then starts without its chatter
-
-# isort: split
-
 from breastdensity.conventions import (
     CLASSES,
     PROJECTIONS,
@@ -53,13 +49,13 @@ from breastdensity.conventions import (
     projection_test_folder,
 )
 from breastdensity.files import UnwritableError, check_writable
-from breastdensity.inference import check_projection_match, load_model, predict_records
 from breastdensity.predictions import (
     check_probabilities,
     model_provenance,
     predictions_table,
     write_predictions,
 )
+from breastdensity.quiet import quiet_tensorflow
 
 
 def parse_arguments(argv=None) -> argparse.Namespace:
@@ -111,6 +107,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 
 def predict_projection(projection: str, args: argparse.Namespace):
+    # imported here, not at the top: TensorFlow loads only once the arguments are parsed
+    from breastdensity.inference import check_projection_match, load_model, predict_records
+
     if args.images is not None:
         records = list_unlabelled_images(args.images, projection)
         if not records:
@@ -161,7 +160,8 @@ def summary(projection, table, result, model_path, seconds) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse_arguments(argv)
+    args = parse_arguments(argv)  # --help and wrong arguments answer before TensorFlow loads
+    quiet_tensorflow()
     try:
         check_writable(args.output_dir, "prediction folder")  # before hours of predicting
     except UnwritableError as error:

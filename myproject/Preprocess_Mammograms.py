@@ -660,14 +660,9 @@ def _remove(paths: list[Path]) -> None:
 
 def _worker_pool(workers: int) -> ProcessPoolExecutor:
     context = multiprocessing.get_context("forkserver")
-    # The server imports this script and its libraries once; workers fork
-    # from it. Python 3.11's forkserver ignores sys.path, so it is told
-    # where this script lives through PYTHONPATH (else every worker of
-    # every run imports pandas, pydicom, OpenCV ... again: seconds).
-    here = str(Path(__file__).resolve().parent)
-    paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if here not in paths:
-        os.environ["PYTHONPATH"] = os.pathsep.join([here, *paths])
+    # The server imports this script and its libraries once and the workers
+    # fork from it (else every worker of every run imports pandas, pydicom,
+    # OpenCV ... again: seconds).
     context.set_forkserver_preload([__name__, "breastdensity.mammograms"])
     return ProcessPoolExecutor(
         workers,

@@ -21,8 +21,6 @@ import sys
 import time
 from pathlib import Path
 
-import papermill
-
 from breastdensity.conventions import PROJECTIONS
 
 HERE = Path(__file__).resolve().parent
@@ -54,6 +52,8 @@ def banner(text: str) -> None:
 
 
 def run_notebook(name: str, output: Path, parameters: dict) -> None:
+    import papermill  # here, not at the top: a second of imports that --help does not need
+
     output.parent.mkdir(parents=True, exist_ok=True)
     papermill.execute_notebook(
         str(HERE / name),

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
+import cv2
+import numpy as np
+import pytest
+
+# Before anything imports TensorFlow or matplotlib (none of the modules above does):
+# TensorFlow's C++ notes stay out of the output, and figures are drawn without a window.
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
-
-from pathlib import Path  # noqa: E402
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 MYPROJECT = REPO / "myproject"

@@ -7,7 +7,7 @@ from conftest import execute_notebook, untrained_model_set
 from test_reliability import write_table
 
 from breastdensity.conventions import DatasetError
-from breastdensity.phantoms import generate_dataset
+from breastdensity.data.phantoms import generate_dataset
 from breastdensity.predictions import csv_path, read_predictions
 
 ROWS = [("A", "A", 0.7, 0.1, 0.1, 0.1), ("B", "B", 0.1, 0.7, 0.1, 0.1)]

@@ -2,16 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 import cv2
+import mias_cv
 import pandas as pd
 import pytest
-from conftest import REPO
 from test_stage0_films import synthetic_film
-
-sys.path.insert(0, str(REPO / "tools"))
-import mias_cv  # noqa: E402
 
 LEVELS = "FFGGDDFFGGDDFFGGDDFF"  # 10 women, both films of a woman one level
 

@@ -1,8 +1,10 @@
 """Notebooks: committed clean, and executed headless on tiny inputs (as papermill users run them)."""
 
+import importlib.util
 import json
 import sys
 import types
+from pathlib import Path
 
 import keras
 import nbformat
@@ -11,15 +13,14 @@ import pandas as pd
 import papermill
 import pytest
 from conftest import MYPROJECT, REPO, execute_notebook, known_head_network
+from IPython.core.inputtransformer2 import TransformerManager
 
+import breastdensity.notebook
 from breastdensity.conventions import PROJECTIONS, list_class_images, projection_test_folder
+from breastdensity.data.phantoms import generate_dataset
 from breastdensity.explanation_quality import SCORE_COLUMNS
 from breastdensity.network import build_resnet
-from breastdensity.phantoms import generate_dataset
 from breastdensity.predictions import predictions_table, write_predictions
-
-sys.path.insert(0, str(REPO / "tools"))
-import set_repository  # noqa: E402
 
 NOTEBOOKS = sorted(MYPROJECT.glob("*.ipynb"))
 SETUP_CELL = next(
@@ -37,39 +38,87 @@ def test_committed_without_outputs_and_with_one_parameters_cell(path):
     assert all(not cell.outputs and cell.execution_count is None for cell in code), "strip outputs"
     tagged = [cell for cell in code if "parameters" in cell.metadata.get("tags", [])]
     assert len(tagged) == 1
-    assert "colab-badge" in notebook.cells[0].source
-    # the same short setup cell everywhere; the work is in notebook_setup.py
+    # the same short setup cell everywhere; the work is in breastdensity.notebook.setup
     assert code[0].source == SETUP_CELL
-    assert code[0].source.endswith("import notebook_setup  # noqa: F401")
+    assert code[0].source.endswith("from breastdensity.notebook import setup\n\nsetup()")
     assert set(notebook.metadata) <= {"kernelspec", "language_info"}  # no personal metadata
 
 
-def test_one_repository_named_in_every_notebook_and_set_in_one_step():
-    texts = {path.name: path.read_text() for path in NOTEBOOKS}
-    named = {name: set_repository.repositories(text) for name, text in texts.items()}
-    assert len(set().union(*named.values())) == 1, named  # badge and clone address agree
-    for text in texts.values():
-        renamed = set_repository.set_repository(text, "someone/their-fork")
-        assert set_repository.repositories(renamed) == {"someone/their-fork"}
-        # exactly the badge and the clone address changed, nothing else
-        changed = [
-            new
-            for old, new in zip(text.splitlines(), renamed.splitlines(), strict=True)
-            if old != new
-        ]
-        assert len(changed) == 2 and all("someone/their-fork" in line for line in changed)
-        assert 'endswith(\\"/OWNER/REPO.git\\")' in renamed  # the placeholder check stays
+class FakeShell:
+    """Records what the setup cell asks IPython to run (``!git ...``, ``%pip ...``)."""
+
+    def __init__(self):
+        self.commands = []
+
+    def system(self, command):
+        self.commands.append(command)
+
+    def run_line_magic(self, name, line):
+        self.commands.append(f"%{name} {line}")
+
+
+def run_setup_cell(source, monkeypatch):
+    """The setup cell as Colab runs it at first: google.colab loaded, the package not installed."""
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    installed = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name == "breastdensity" else installed(name, *args),
+    )
+    shell = FakeShell()
+    python = TransformerManager().transform_cell(source)  # the magics as IPython runs them
+    exec(compile(python, "setup cell", "exec"), {"get_ipython": lambda: shell})
+    return shell.commands
 
 
 def test_colab_setup_cell_stops_on_the_placeholder(tmp_path, monkeypatch):
     # In Colab, cloning github.com/OWNER/REPO would fail with a login prompt;
     # the setup cell says what to do instead (before any clone).
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
-    assert 'REPOSITORY = "https://github.com/OWNER/REPO.git"' in SETUP_CELL  # as shipped
-    with pytest.raises(SystemExit, match="names no repository yet"):
-        exec(compile(SETUP_CELL, "setup cell", "exec"), {})
-    assert not (tmp_path / "repository").exists()
+    assert 'REPOSITORY = "OWNER/REPO"  # @param {type:"string"}' in SETUP_CELL  # as shipped
+    with pytest.raises(SystemExit, match="Set REPOSITORY"):
+        run_setup_cell(SETUP_CELL, monkeypatch)
+
+
+def test_colab_setup_cell_clones_installs_and_moves_into_myproject(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    filled = SETUP_CELL.replace('"OWNER/REPO"  # @param', '"someone/their-fork"  # @param')
+    commands = run_setup_cell(filled, monkeypatch)
+    # one clone of the address in the form field, one non-editable install of it
+    assert commands == [
+        "git clone --quiet --depth=1 https://github.com/{REPOSITORY} repository",
+        "%pip install --quiet ./repository",
+    ]
+    assert "someone/their-fork" in filled
+    assert Path.cwd() == MYPROJECT  # this test's package is the repository's, editable
+    assert "working folder" in capsys.readouterr().out
+
+
+def test_setup_cell_outside_colab_only_calls_setup(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    shell = FakeShell()
+    exec(
+        compile(TransformerManager().transform_cell(SETUP_CELL), "setup cell", "exec"),
+        {"get_ipython": lambda: shell},
+    )
+    assert shell.commands == [] and Path.cwd() == MYPROJECT
+
+
+def test_setup_finds_myproject_from_a_plain_install(tmp_path, monkeypatch):
+    # Installed without -e (Colab), the package lives in site-packages; pip recorded
+    # the folder it was installed from.
+    class Installed:
+        def read_text(self, name):
+            assert name == "direct_url.json"
+            return json.dumps({"url": REPO.as_uri(), "dir_info": {}})
+
+    site_packages = tmp_path / "site-packages" / "breastdensity" / "notebook.py"
+    monkeypatch.setattr(breastdensity.notebook, "__file__", str(site_packages))
+    monkeypatch.setattr(breastdensity.notebook.metadata, "distribution", lambda name: Installed())
+    monkeypatch.chdir(tmp_path)
+    assert breastdensity.notebook.project_folder() == MYPROJECT
 
 
 @pytest.fixture(scope="module")

@@ -1,15 +1,19 @@
 import hashlib
+import subprocess
+import sys
 
 import cv2
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import MYPROJECT
 
 from breastdensity.baseline import trivial_baseline
 from breastdensity.conventions import CLASSES, PROJECTIONS, list_class_images, split_dir
-from breastdensity.phantoms import (
+from breastdensity.data.phantoms import (
     BIRADS_BANDS,
     PD_SAMPLING_BANDS,
+    PREVALENCE,
     class_counts,
     generate_dataset,
     make_subject,
@@ -186,6 +190,24 @@ def test_cli_and_preview(tmp_path, capsys):
         )
         == 2
     )  # refuses to overwrite
+
+
+def test_cli_offers_every_prevalence():
+    import Make_Phantoms
+
+    assert set(Make_Phantoms.PREVALENCES) == set(PREVALENCE)
+
+
+def test_generating_phantoms_loads_no_tensorflow():
+    # Make_Phantoms.py and its worker processes start fast and quiet: no module of the
+    # generator (maths, dataset writing, preview, raw DICOMs) imports TensorFlow.
+    modules = ("phantom_model", "phantoms", "phantom_plots", "raw_phantoms")
+    code = "; ".join(
+        ["import sys", *(f"import breastdensity.data.{name}" for name in modules)]
+        + ["sys.exit('tensorflow' in sys.modules)"]
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=MYPROJECT, timeout=120)
+    assert result.returncode == 0, "a generator module loads TensorFlow"
 
 
 def test_trivial_baseline_runs_on_a_generated_set(dataset):

@@ -10,7 +10,7 @@ import pytest
 from conftest import untrained_model_set
 
 from breastdensity.conventions import list_class_images, projection_test_folder
-from breastdensity.phantoms import generate_dataset
+from breastdensity.data.phantoms import generate_dataset
 from breastdensity.preprocessing import load_image
 
 

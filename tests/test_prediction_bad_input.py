@@ -16,9 +16,9 @@ import pytest
 
 import breastdensity.inference as inference
 from breastdensity.conventions import DatasetError, best_checkpoint
+from breastdensity.data.phantoms import generate_dataset
 from breastdensity.files import MAX_IMAGE_PIXELS
 from breastdensity.inference import load_keras_file, load_model
-from breastdensity.phantoms import generate_dataset
 from breastdensity.preprocessing import ImageReadError, read_grayscale
 
 

@@ -1,10 +1,9 @@
 """Label-free checks of predictions on real images: view agreement (metrics) and tools/real_image_check.py."""
 
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
+import real_image_check
 from conftest import REPO, write_png
 
 from breastdensity.conventions import (
@@ -16,9 +15,6 @@ from breastdensity.conventions import (
 )
 from breastdensity.metrics import expected_density, view_consistency
 from breastdensity.predictions import predictions_table, write_predictions
-
-sys.path.insert(0, str(REPO / "tools"))
-import real_image_check  # noqa: E402
 
 ONE_HOT = np.eye(len(CLASSES))
 

@@ -1,16 +1,12 @@
 """tools/realism.py: each feature checked on images with a known answer."""
 
-import sys
-
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, write_png
+import realism
+from conftest import write_png
 
-from breastdensity.phantoms import power_law_noise
-
-sys.path.insert(0, str(REPO / "tools"))
-import realism  # noqa: E402
+from breastdensity.data.phantoms import power_law_noise
 
 SIZE = 128
 

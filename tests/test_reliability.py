@@ -17,14 +17,15 @@ import Prediction_ResNet
 import pytest
 import Train_ResNet
 from conftest import execute_notebook, write_png
+from test_training_bad_input import train_args
 
 from breastdensity.cam import write_cam_images
-from breastdensity.conventions import PROJECTIONS, DatasetError, best_checkpoint, list_class_images
+from breastdensity.conventions import PROJECTIONS, DatasetError, list_class_images
+from breastdensity.data.phantoms import generate_dataset
 from breastdensity.files import mark_owned
 from breastdensity.inference import check_projection_match
 from breastdensity.metrics import group_predictions
 from breastdensity.network import build_resnet
-from breastdensity.phantoms import generate_dataset
 from breastdensity.predictions import (
     PROVENANCE_COLUMNS,
     csv_path,
@@ -32,7 +33,6 @@ from breastdensity.predictions import (
     read_predictions,
     write_predictions,
 )
-from breastdensity.training import StopOnNonFiniteLoss, TrainingDiverged
 
 SIZE = ["64", "64"]
 
@@ -59,22 +59,6 @@ def models(tmp_path_factory):
     return root
 
 
-def tiny_model(image_size=64, num_classes=4, cardinality=1, bn_momentum=0.9):
-    """Stands in for build_resnet where only the training loop matters (builds in milliseconds)."""
-    inputs = keras.Input((image_size, image_size, 3))
-    x = keras.layers.Conv2D(4, 3, strides=4)(inputs)
-    x = keras.layers.GlobalAveragePooling2D()(x)
-    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax")(x))
-
-
-@pytest.fixture
-def small_network(monkeypatch):
-    import breastdensity.network
-
-    monkeypatch.setattr(breastdensity.network, "build_resnet", tiny_model)
-    monkeypatch.setattr(Train_ResNet, "build_resnet", tiny_model, raising=False)
-
-
 def predict(models_root, test_root, output_dir, *extra):
     return Prediction_ResNet.main(
         [
@@ -87,22 +71,6 @@ def predict(models_root, test_root, output_dir, *extra):
             *map(str, extra),
         ]
     )
-
-
-def train_args(data_root, models_root, *extra):
-    return [
-        "--projection",
-        "CC_R",
-        "--data-root",
-        str(data_root),
-        "--models-root",
-        str(models_root),
-        "--img-size",
-        "64",
-        "--epochs",
-        "1",
-        *map(str, extra),
-    ]
 
 
 # ----------------------------------------------------------------------------
@@ -181,62 +149,6 @@ class TestOverwrite:
 
 
 class TestDivergence:
-    @pytest.mark.parametrize(
-        "arguments",
-        [
-            ["--learning-rate", "0"],
-            ["--learning-rate", "-1"],
-            ["--learning-rate", "nan"],
-            ["--learning-rate", "inf"],
-            ["--cardinality", "3"],
-            ["--seed", "-1"],
-            ["--allow-changes"],
-        ],
-    )
-    def test_bad_arguments_are_refused_before_any_folder(self, tmp_path, arguments, capsys):
-        with pytest.raises(SystemExit):
-            Train_ResNet.parse_arguments(train_args(tmp_path, tmp_path / "m", *arguments))
-        assert arguments[0] in capsys.readouterr().err
-        assert not (tmp_path / "m").exists()
-
-    def test_learning_rate_is_recorded_as_given(self):
-        arguments = Train_ResNet.parse_arguments(
-            ["--projection", "CC_R", "--learning-rate", "1e-5"]
-        )
-        optimizer = Train_ResNet.make_optimizer("sgd", arguments.learning_rate)
-        assert float(optimizer.learning_rate.numpy()) == pytest.approx(1e-5)
-
-    def test_callback_stops_at_the_first_non_finite_loss(self):
-        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-        model.compile("sgd", "mse")
-        inputs = np.ones((8, 2), np.float32)
-        inputs[5] = np.nan  # batch 3 of 4 (batch size 2)
-        saved = []
-        checkpoint = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: saved.append(1))
-        with pytest.raises(TrainingDiverged, match="epoch 1, batch 3"):
-            model.fit(
-                inputs,
-                np.zeros(8),
-                batch_size=2,
-                epochs=2,
-                shuffle=False,
-                verbose=0,
-                callbacks=[StopOnNonFiniteLoss(), checkpoint],
-            )
-        assert saved == []  # no epoch end: nothing saved the diverged model
-
-    def test_diverged_run_exits_non_zero_without_a_checkpoint(
-        self, data, tmp_path, capsys, small_network
-    ):
-        status = Train_ResNet.main(
-            train_args(data, tmp_path, "--learning-rate", "1e30", "--epochs", "2")
-        )
-        assert status == 3
-        error = capsys.readouterr().err
-        assert "diverged" in error and "--learning-rate" in error
-        folder = tmp_path / "CC_R_model"
-        assert not list(folder.glob("*.keras"))
-
     def test_prediction_refuses_non_finite_probabilities(self, data, tmp_path, capsys):
         nan_model = keras.Sequential(
             [
@@ -261,100 +173,6 @@ class TestDivergence:
         error = capsys.readouterr().err
         assert "nan.keras" in error and "not finite" in error
         assert not (tmp_path / "P").exists()
-
-
-# ----------------------------------------------------------------------------
-# 3. --resume with changed settings
-# ----------------------------------------------------------------------------
-
-
-class TestResume:
-    def interrupted(self, data_root, models_root, **settings):
-        """A run folder as a killed run leaves it: backup/, training_config.json."""
-        folder = models_root / "CC_R_model"
-        (folder / "backup").mkdir(parents=True)
-        arguments = Train_ResNet.parse_arguments(train_args(data_root, models_root))
-        config = Train_ResNet.resolved_settings(arguments, "CC_R", replicas=1)
-        config.update(settings)
-        (folder / "training_config.json").write_text(json.dumps(config))
-        return folder
-
-    def test_changed_settings_are_refused_with_the_differences(self, data, tmp_path, capsys):
-        folder = self.interrupted(
-            data, tmp_path, image_size=[96, 96], optimizer="sgd", batch_size_per_replica=4
-        )
-        before = (folder / "training_config.json").read_text()
-        status = Train_ResNet.main(
-            train_args(data, tmp_path, "--resume", "--optimizer", "adam", "--batch-size", "8")
-        )
-        assert status == 2
-        error = capsys.readouterr().err
-        for line in (
-            "image_size: [96, 96] -> [64, 64]",
-            "optimizer: 'sgd' -> 'adam'",
-            "batch_size_per_replica: 4 -> 8",
-            "--allow-changes",
-        ):
-            assert line in error
-        assert (folder / "training_config.json").read_text() == before
-        assert not list(folder.glob("*.keras"))
-
-    def test_same_settings_compare_equal(self, tmp_path):
-        arguments = Train_ResNet.parse_arguments(train_args(".", tmp_path))
-        settings = Train_ResNet.resolved_settings(arguments, "CC_R", replicas=1)
-        saved = json.loads(json.dumps({**settings, "train_images": 9, "tensorflow": "x"}))
-        assert Train_ResNet.setting_differences(saved, settings) == {}
-
-    def test_config_of_a_run_before_bn_momentum_was_recorded(self, tmp_path):
-        # Such runs used the reference's 0.99: resuming them with it is no change,
-        # with today's default it is one.
-        arguments = Train_ResNet.parse_arguments(train_args(".", tmp_path))
-        settings = Train_ResNet.resolved_settings(arguments, "CC_R", replicas=1)
-        assert settings["bn_momentum"] == 0.9
-        old = {key: value for key, value in settings.items() if key != "bn_momentum"}
-        assert Train_ResNet.setting_differences(old, settings) == {"bn_momentum": (0.99, 0.9)}
-        reference = {**settings, "bn_momentum": 0.99}
-        assert Train_ResNet.setting_differences(old, reference) == {}
-
-    def test_allow_changes_records_both(self, data, tmp_path, small_network):
-        folder = self.interrupted(data, tmp_path, learning_rate=0.5)
-        status = Train_ResNet.main(
-            train_args(data, tmp_path, "--resume", "--allow-changes", "--learning-rate", "0.01")
-        )
-        assert status == 0
-        config = json.loads((folder / "training_config.json").read_text())
-        assert config["learning_rate"] == 0.01
-        assert config["changes_on_resume"] == [
-            {"setting": "learning_rate", "before": 0.5, "after": 0.01}
-        ]
-
-
-class TestWarmStart:
-    @pytest.mark.slow
-    def test_init_from_starts_from_the_best_checkpoint_of_another_run(
-        self, data, tmp_path, small_network, capsys
-    ):
-        first = tmp_path / "first"
-        assert Train_ResNet.main(train_args(data, first, "--optimizer", "adam")) == 0
-        source = best_checkpoint(first / "CC_R_model")
-        # A learning rate of 1e-12 leaves the weights where they started: at the
-        # first run's, not at a new random draw.
-        second = tmp_path / "second"
-        arguments = ["--optimizer", "adam", "--learning-rate", "1e-12", "--seed", "7"]
-        assert Train_ResNet.main(train_args(data, second, *arguments, "--init-from", first)) == 0
-        assert f"weights initialised from {source}" in capsys.readouterr().out
-        started = keras.saving.load_model(source, compile=False).get_weights()
-        ended = keras.saving.load_model(second / "CC_R_model" / "final_weights.keras").get_weights()
-        for before, after in zip(started, ended, strict=True):
-            np.testing.assert_allclose(after, before, atol=1e-6)
-        config = json.loads((second / "CC_R_model" / "training_config.json").read_text())
-        assert config["initialised_from"] == str(first.resolve())
-
-    def test_init_from_a_folder_without_checkpoints_is_a_clear_error(self, data, tmp_path):
-        (tmp_path / "empty" / "CC_R_model").mkdir(parents=True)
-        arguments = train_args(data, tmp_path / "out", "--init-from", tmp_path / "empty")
-        with pytest.raises(SystemExit, match="--init-from: no checkpoint in .*CC_R_model"):
-            Train_ResNet.main(arguments)
 
 
 # ----------------------------------------------------------------------------

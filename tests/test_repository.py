@@ -6,11 +6,15 @@ import re
 import shlex
 import subprocess
 import sys
+import tomllib
 from pathlib import PurePosixPath
 
 import pytest
 import yaml
 from conftest import MYPROJECT, REPO
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
+from packaging.version import Version
 
 DOCUMENTS = [
     REPO / "README.md",
@@ -50,11 +54,17 @@ def test_requirements_are_exact_pins():
 
 @pytest.mark.slow
 def test_scripts_run_from_the_root_and_from_myproject():
-    # Every script from the root; from myproject/ the mechanism is the same (the script's
-    # folder is first on sys.path), so one script there is enough to show it.
-    scripts = sorted(p.name for p in MYPROJECT.glob("*.py") if p.name != "notebook_setup.py")
+    # Every script and tool from the root; from myproject/ the mechanism is the same (the
+    # installed package), so one script there is enough to show it. --help answers before
+    # TensorFlow loads, so it prints nothing on standard error.
+    scripts = sorted(p.name for p in MYPROJECT.glob("*.py"))
     assert {"Train_ResNet.py", "Prediction_ResNet.py", "Preprocess_Mammograms.py"} <= set(scripts)
-    runs = [(REPO, f"myproject/{script}") for script in scripts] + [(MYPROJECT, "Make_Phantoms.py")]
+    tools = sorted(p.name for p in (REPO / "tools").glob("*.py"))
+    runs = [
+        *[(REPO, f"myproject/{script}") for script in scripts],
+        *[(REPO, f"tools/{tool}") for tool in tools],
+        (MYPROJECT, "Make_Phantoms.py"),
+    ]
     for cwd, path in runs:
         result = subprocess.run(
             [sys.executable, path, "--help"], cwd=cwd, capture_output=True, text=True, timeout=120
@@ -66,6 +76,7 @@ def test_scripts_run_from_the_root_and_from_myproject():
 
 # Which package modules each module may import. Shared foundations at the bottom; a stage's
 # module never imports another stage's module. A new module must be placed here explicitly.
+# Modules of a sub-package are named by their dotted path inside breastdensity ("data.phantoms").
 FOUNDATION = {"conventions", "files", "preprocessing", "network"}
 ALLOWED_IMPORTS = {
     "conventions": set(),  # names and paths only: everything may use it, it uses nothing
@@ -73,6 +84,7 @@ ALLOWED_IMPORTS = {
     "network": {"conventions"},
     "preprocessing": {"conventions", "files"},
     "training": FOUNDATION,  # stage 1
+    "run_folder": FOUNDATION,  # stage 1: a run's model folder (fresh, resume, finished, lock)
     "inference": FOUNDATION,  # stage 2
     "predictions": FOUNDATION,
     "metrics": FOUNDATION,  # stage 3
@@ -83,37 +95,71 @@ ALLOWED_IMPORTS = {
     "attribution_comparison": FOUNDATION
     | {"cam", "attributions", "regions", "explanation_quality"},
     "explanation_quality": FOUNDATION | {"cam"},
-    "phantoms": FOUNDATION,  # synthetic data
-    "raw_phantoms": FOUNDATION | {"phantoms"},  # their raw DICOM form, for stage 0
+    # The data wing: synthetic phantoms, and the raw DICOM form of them that tests stage 0.
+    "data.__init__": set(),
+    "data.phantom_model": FOUNDATION,  # image formation and the sampled ranges
+    "data.phantoms": FOUNDATION | {"data.phantom_model"},  # datasets and their manifest
+    "data.phantom_plots": FOUNDATION | {"data.phantoms"},  # the preview grid
+    "data.raw_phantoms": FOUNDATION | {"data.phantom_model", "data.phantoms"},
     "mammograms": FOUNDATION,  # stage 0: reading and normalising real mammograms
     "label_tables": FOUNDATION,  # stage 0: the public datasets' label tables
     "baseline": FOUNDATION | {"metrics"},  # scored with the one implementation of fusion and kappa
     "__init__": set(),
     "quiet": set(),
+    "notebook": {"quiet"},  # what every notebook runs first
 }
 
 
+PACKAGE = MYPROJECT / "breastdensity"
+
+
+def module_name(path):
+    """A package module's name inside breastdensity: "conventions", "data.phantoms", "__init__"."""
+    return ".".join(path.relative_to(PACKAGE).with_suffix("").parts)
+
+
 def package_imports(path):
-    tree = ast.parse(path.read_text())
+    """The package modules that the module at ``path`` imports, named as ``module_name`` does.
+
+    Relative imports resolve against the module's own sub-package (``from ..conventions``
+    in data/ is "conventions"); ``from <sub-package> import name`` imports the module
+    ``name`` if there is one, else the sub-package's ``__init__``.
+    """
+    folder = module_name(path).split(".")[:-1]  # [] at the top, ["data"] in data/
     names = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.ImportFrom) and node.level == 1:
-            names.add(node.module.split(".")[0] if node.module else "")
-        elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("breastdensity"):
-            names.add(node.module.split(".")[1] if "." in node.module else "__init__")
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            imports = [(alias.name.split("."), []) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level:
+            base = folder[: len(folder) - (node.level - 1)]
+            module = node.module.split(".") if node.module else []
+            imports = [(["breastdensity", *base, *module], [a.name for a in node.names])]
+        elif isinstance(node, ast.ImportFrom):
+            imports = [(node.module.split("."), [a.name for a in node.names])]
+        else:
+            continue
+        for (top, *parts), imported in imports:
+            if top != "breastdensity":
+                continue
+            if not PACKAGE.joinpath(*parts).is_dir():
+                names.add(".".join(parts))
+                continue
+            modules = [n for n in imported if PACKAGE.joinpath(*parts, f"{n}.py").is_file()]
+            names.update(".".join([*parts, n]) for n in modules or ["__init__"])
     return names
 
 
 def test_package_dependencies_point_one_way():
-    modules = sorted((MYPROJECT / "breastdensity").glob("*.py"))
-    assert {m.stem for m in modules} == set(ALLOWED_IMPORTS), "place new modules in ALLOWED_IMPORTS"
+    modules = sorted(PACKAGE.rglob("*.py"))
+    names = {module_name(m) for m in modules}
+    assert names == set(ALLOWED_IMPORTS), "place new modules in ALLOWED_IMPORTS"
     for module in modules:
         imported = package_imports(module)
-        assert imported <= ALLOWED_IMPORTS[module.stem], (module.name, imported)
+        assert imported <= ALLOWED_IMPORTS[module_name(module)], (module_name(module), imported)
 
 
 def test_package_imports_are_at_module_top():
-    for module in sorted((MYPROJECT / "breastdensity").glob("*.py")):
+    for module in sorted(PACKAGE.rglob("*.py")):
         tree = ast.parse(module.read_text())
         nested = [
             node.lineno
@@ -133,17 +179,50 @@ def test_no_opencv_api_that_opencv_4_lacks():
     assert not offenders
 
 
-def test_colab_installs_the_versions_requirements_pin():
-    pins = dict(
-        line.split("==")
-        for line in (REPO / "requirements.txt").read_text().splitlines()
-        if "==" in line and not line.startswith("#")
-    )
-    source = (MYPROJECT / "notebook_setup.py").read_text()
-    colab = ast.literal_eval(source.split("COLAB_PACKAGES = ", 1)[1].split("\n", 1)[0])
-    for requirement in colab:
-        name, version = requirement.split("==")
-        assert pins[name] == version, requirement
+def test_the_package_requires_what_requirements_pin():
+    # pyproject.toml's loose dependencies (what Colab's %pip install brings) must accept the
+    # exact versions requirements.txt installs and the tests run with.
+    pins = {
+        canonicalize_name(name): Version(version)
+        for name, version in (
+            line.split("==")
+            for line in (REPO / "requirements.txt").read_text().splitlines()
+            if "==" in line and not line.startswith("#")
+        )
+    }
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for dependency in map(Requirement, project["dependencies"]):
+        name = canonicalize_name(dependency.name)
+        assert name in pins, f"{name}: a dependency of the package that requirements.txt lacks"
+        assert pins[name] in dependency.specifier, (str(dependency), str(pins[name]))
+    # Colab's own TensorFlow and OpenCV wheel stay: the package must not ask for another
+    for name in ("tensorflow", "opencv-python", "opencv-python-headless"):
+        assert name not in {canonicalize_name(Requirement(d).name) for d in project["dependencies"]}
+
+
+def python_sources():
+    """The repository's tracked and new Python files and notebooks (not .venv, not ignored)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py", "*.ipynb"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.splitlines()
+    return [REPO / name for name in listed if (REPO / name).is_file()]
+
+
+def test_no_import_path_edits_and_no_late_import_markers():
+    # The package is installed (pip install -e .): nothing edits the import path, and so
+    # no import needs to come after code. Spelled in parts so this file does not match itself.
+    edit = re.compile(r"sys\.path\s*(\.(insert|append|extend)\b|\[|[+]?=)")
+    marker = "noqa: " + "E402"
+    offenders = [
+        str(path.relative_to(REPO))
+        for path in python_sources()
+        if edit.search(path.read_text()) or marker in path.read_text()
+    ]
+    assert not offenders
 
 
 def shell_commands(markdown):

