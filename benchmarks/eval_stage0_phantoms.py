@@ -20,8 +20,14 @@ import cv2
 import numpy as np
 import pandas as pd
 
+from breastdensity.data.mammograms import (
+    dice,
+    preprocess,
+    quantise,
+    read_mammogram,
+    to_output_frame,
+)
 from breastdensity.data.raw_phantoms import make_raw_phantom
-from breastdensity.mammograms import dice, preprocess, quantise, read_mammogram, to_output_frame
 
 
 def main() -> None:

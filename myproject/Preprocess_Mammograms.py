@@ -66,16 +66,8 @@ from breastdensity.conventions import (
     stage0_mask_path,
     unlabelled_file_name,
 )
-from breastdensity.files import (
-    LOCK_FILE,
-    FolderBusyError,
-    UnwritableError,
-    atomic_write,
-    check_writable,
-    hold_folder,
-)
-from breastdensity.label_tables import FORMATS, assign_splits, read_labels
-from breastdensity.mammograms import (
+from breastdensity.data.label_tables import FORMATS, assign_splits, read_labels
+from breastdensity.data.mammograms import (
     MammogramError,
     OtherViewError,
     is_candidate_image,
@@ -83,6 +75,14 @@ from breastdensity.mammograms import (
     preprocess,
     quantise,
     read_mammogram,
+)
+from breastdensity.files import (
+    LOCK_FILE,
+    FolderBusyError,
+    UnwritableError,
+    atomic_write,
+    check_writable,
+    hold_folder,
 )
 
 QA_THUMBNAIL_HEIGHT = 300  # pixels per image on the contact sheet
@@ -663,7 +663,7 @@ def _worker_pool(workers: int) -> ProcessPoolExecutor:
     # The server imports this script and its libraries once and the workers
     # fork from it (else every worker of every run imports pandas, pydicom,
     # OpenCV ... again: seconds).
-    context.set_forkserver_preload([__name__, "breastdensity.mammograms"])
+    context.set_forkserver_preload([__name__, "breastdensity.data.mammograms"])
     return ProcessPoolExecutor(
         workers,
         mp_context=context,

@@ -11,7 +11,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from breastdensity.conventions import DatasetError
-from breastdensity.label_tables import assign_splits, read_labels
+from breastdensity.data.label_tables import assign_splits, read_labels
 
 
 def touch(path: Path) -> Path:

@@ -101,8 +101,8 @@ ALLOWED_IMPORTS = {
     "data.phantoms": FOUNDATION | {"data.phantom_model"},  # datasets and their manifest
     "data.phantom_plots": FOUNDATION | {"data.phantoms"},  # the preview grid
     "data.raw_phantoms": FOUNDATION | {"data.phantom_model", "data.phantoms"},
-    "mammograms": FOUNDATION,  # stage 0: reading and normalising real mammograms
-    "label_tables": FOUNDATION,  # stage 0: the public datasets' label tables
+    "data.mammograms": FOUNDATION,  # stage 0: reading and normalising real mammograms
+    "data.label_tables": FOUNDATION,  # stage 0: the public datasets' label tables
     "baseline": FOUNDATION | {"metrics"},  # scored with the one implementation of fusion and kappa
     "__init__": set(),
     "quiet": set(),

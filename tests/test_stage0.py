@@ -1,4 +1,4 @@
-"""Stage 0 (Preprocess_Mammograms.py, breastdensity.mammograms): ground truth, real images, layout."""
+"""Stage 0 (Preprocess_Mammograms.py, breastdensity.data.mammograms): ground truth, real images, layout."""
 
 from __future__ import annotations
 
@@ -15,14 +15,14 @@ import pytest
 from conftest import MYPROJECT, cbis_exam, write_png
 
 from breastdensity.conventions import PROJECTIONS, parse_image_name
-from breastdensity.data.raw_phantoms import VOI_MODES, make_raw_phantom
-from breastdensity.mammograms import (
+from breastdensity.data.mammograms import (
     dice,
     preprocess,
     quantise,
     read_mammogram,
     to_output_frame,
 )
+from breastdensity.data.raw_phantoms import VOI_MODES, make_raw_phantom
 
 SEED = 3
 
@@ -520,7 +520,7 @@ def test_unsupported_transfer_syntax_names_what_to_do(good_pngs, tmp_path, capsy
     raw.dataset.save_as(good_pngs / "video.dcm", enforce_file_format=True)
     _fails_naming(good_pngs, tmp_path / "o", "video.dcm", "no decoder", capsys)
     # a syntax pydicom knows, with its plugin missing: the message names the plugin
-    import breastdensity.mammograms as mammograms
+    import breastdensity.data.mammograms as mammograms
 
     class Unavailable:
         is_available = False

@@ -21,8 +21,8 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from breastdensity import files
 from breastdensity.conventions import DatasetError
-from breastdensity.label_tables import read_labels
-from breastdensity.mammograms import MammogramError, preprocess, read_mammogram
+from breastdensity.data.label_tables import read_labels
+from breastdensity.data.mammograms import MammogramError, preprocess, read_mammogram
 
 SIZE = 64
 

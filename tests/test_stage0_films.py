@@ -10,7 +10,7 @@ import pandas as pd
 import Preprocess_Mammograms
 import pytest
 
-from breastdensity.label_tables import MIAS_DENSITY
+from breastdensity.data.label_tables import MIAS_DENSITY
 
 # MIAS' Info.txt, abridged: free text, then one line per image and abnormality.
 INFO_TXT = """\

@@ -164,7 +164,7 @@ def otsu_mean(image: np.ndarray) -> float:
 
 def gray_before_after(manifest: pd.DataFrame, stage0: Path) -> pd.DataFrame:
     """The plain mean-gray density statistic on the decoded DICOM and on the stage-0 output."""
-    from breastdensity.mammograms import read_mammogram
+    from breastdensity.data.mammograms import read_mammogram
     from breastdensity.preprocessing import read_grayscale
 
     rows = []

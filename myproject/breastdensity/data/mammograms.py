@@ -53,8 +53,8 @@ from pydicom.pixels import (
 from scipy import ndimage
 from skimage.filters import threshold_multiotsu
 
-from .conventions import DatasetError
-from .files import raster_problem
+from ..conventions import DatasetError
+from ..files import raster_problem
 
 DICOM_SUFFIXES = (".dcm", ".dicom", ".dic")
 RASTER_SUFFIXES = (".png", ".pgm", ".tif", ".tiff", ".jpg", ".jpeg")

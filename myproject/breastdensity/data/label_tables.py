@@ -48,7 +48,7 @@ import numpy as np
 import pandas as pd
 import pydicom
 
-from .conventions import CLASSES, PROJECTIONS, DatasetError, parse_image_name
+from ..conventions import CLASSES, PROJECTIONS, DatasetError, parse_image_name
 
 FORMATS = ("folder", "csv", "vindr", "cbis-ddsm", "rsna", "embed", "inbreast", "mias")
 COLUMNS = ["file", "subject", "laterality", "view", "density", "dataset_split", "source_density"]
