@@ -21,11 +21,14 @@ from breastdensity.conventions import (
     checkpoint_accuracy,
     checkpoint_epoch,
 )
-from breastdensity.network import build_resnet
-from breastdensity.phantoms import generate_dataset
+from breastdensity.data.phantoms import generate_dataset
+from breastdensity.files import LOCK_FILE
+from breastdensity.network import BN_MOMENTUM, REFERENCE_BN_MOMENTUM, build_resnet
+from breastdensity.run_folder import ASSUMED_WHEN_MISSING, FINISHED, FRESH, RESUME, RunFolder
 from breastdensity.training import (
     HISTORY_FILES,
     build_augmentation,
+    make_augmentation,
     photometric_augmentation,
     save_model,
     target_matrix,
@@ -124,7 +127,6 @@ def on_epoch_end(self, epoch, logs=None):
     if epoch + 1 == int(os.environ["KILL_AFTER"]):
         os.kill(os.getpid(), signal.SIGKILL)
 keras.callbacks.BackupAndRestore.on_epoch_end = on_epoch_end
-sys.path.insert(0, os.path.dirname(sys.argv[1]))
 sys.argv = sys.argv[1:]
 runpy.run_path(sys.argv[0], run_name="__main__")
 """
@@ -205,6 +207,49 @@ def test_mirrored_strategy_over_two_logical_cpus(phantoms, tmp_path):
     assert (tmp_path / "MLO_R_model" / "final_weights.keras").exists()
 
 
+def test_flags_are_parsed_without_loading_tensorflow():
+    # --help and a bad flag answer at once; TensorFlow loads only once training starts.
+    check = (
+        "import sys, Train_ResNet; "
+        "arguments = Train_ResNet.parse_arguments(['--projection', 'CC_R']); "
+        "assert arguments.learning_rate == 0.01, arguments; "
+        "assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", check], cwd=MYPROJECT, capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_defaults_are_the_networks():
+    # The script states its defaults without importing the network (which loads TensorFlow).
+    assert Train_ResNet.BN_MOMENTUM == BN_MOMENTUM
+    assert ASSUMED_WHEN_MISSING["bn_momentum"] == REFERENCE_BN_MOMENTUM
+    arguments = Train_ResNet.parse_arguments(["--projection", "CC_R", "--optimizer", "adam"])
+    assert arguments.img_size == 650 and arguments.batch_size == 4 and arguments.epochs == 100
+    assert arguments.learning_rate == 0.001  # Adam's default; SGD's is 0.01
+
+
+def test_run_folder_tells_fresh_interrupted_and_finished_runs(tmp_path, capsys):
+    settings = {"projection": "CC_R", "epochs": 1}
+    with RunFolder.open(tmp_path, "CC_R", settings) as run:
+        assert run.state == FRESH and (run.folder / LOCK_FILE).is_file()
+    assert not run.folder.exists()  # created, left empty: removed
+    run.backup.mkdir(parents=True)
+    with pytest.raises(DatasetError, match="interrupted run; pass --resume"):
+        with RunFolder.open(tmp_path, "CC_R", settings):
+            pass
+    run.save_config()
+    with RunFolder.open(tmp_path, "CC_R", settings, resume=True) as resumed:
+        assert resumed.state == RESUME and resumed.saved == settings
+    run.backup.rmdir()
+    run.final_weights.write_bytes(b"a model")
+    with RunFolder.open(tmp_path, "CC_R", settings, resume=True) as finished:
+        assert finished.state == FINISHED and finished.finished
+    assert "nothing to resume" in capsys.readouterr().out
+    assert not (run.folder / LOCK_FILE).exists()
+
+
 def test_augmentation_changes_images_but_keeps_shape():
     images = np.tile(np.linspace(0, 255, 64, dtype=np.float32), (2, 64, 1))[..., None]
     augmented = build_augmentation(seed=1)(images, training=True)
@@ -232,7 +277,8 @@ def test_photometric_augmentation_changes_gray_levels_not_the_background():
 
 @pytest.mark.slow
 def test_pipeline_with_photometric_augmentation(phantoms):
-    data = training_datasets(phantoms, "CC_R", (64, 64), 3, seed=1, photometric=True)
+    augment = make_augmentation(seed=1, photometric=True)
+    data = training_datasets(phantoms, "CC_R", (64, 64), 3, seed=1, augment=augment)
     images, _ = next(iter(data.train))
     assert images.shape == (3, 64, 64, 3)
     assert np.isfinite(images.numpy()).all()

@@ -1,9 +1,10 @@
-"""Stage 1 and the phantom generator on bad input: refused with a message, never data lost.
+"""Stage 1 (and the raw phantom generator) on bad input: refused with a message, never data lost.
 
-Concurrent runs into one model folder, --resume from another working directory or
-with a damaged configuration, a finished run resumed with other settings, a disk
-that fills up while a checkpoint is saved, unusable --init-from models, and the
-raw phantom generator's --overwrite and unwritable output folders.
+Bad flags and a diverging loss, concurrent runs into one model folder, --resume with
+other settings, from another working directory or with a damaged configuration, a
+finished run resumed, a disk that fills up while a checkpoint is saved, --init-from
+(and the models it cannot use), and the raw phantom generator's --overwrite and
+unwritable output folders.
 """
 
 import errno
@@ -18,10 +19,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import Train_ResNet
-from test_reliability import tiny_model, train_args
 
+from breastdensity.conventions import best_checkpoint
+from breastdensity.data.phantoms import generate_dataset
 from breastdensity.files import LOCK_FILE, hold_folder
-from breastdensity.phantoms import generate_dataset
+from breastdensity.run_folder import describe_differences, setting_differences
+from breastdensity.training import StopOnNonFiniteLoss, TrainingDiverged, make_optimizer
 
 
 @pytest.fixture(scope="module")
@@ -32,13 +35,37 @@ def data(tmp_path_factory):
     return root
 
 
+def tiny_model(image_size=64, num_classes=4, cardinality=1, bn_momentum=0.9):
+    """Stands in for build_resnet where only the training loop matters (builds in milliseconds)."""
+    inputs = keras.Input((image_size, image_size, 3))
+    x = keras.layers.Conv2D(4, 3, strides=4)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax")(x))
+
+
 @pytest.fixture
 def small_network(monkeypatch):
-    """A network that builds in milliseconds where only the training loop matters."""
+    """Train_ResNet.py trains ``tiny_model`` instead of the ResNet."""
     import breastdensity.network
 
     monkeypatch.setattr(breastdensity.network, "build_resnet", tiny_model)
-    monkeypatch.setattr(Train_ResNet, "build_resnet", tiny_model, raising=False)
+
+
+def train_args(data_root, models_root, *extra):
+    """Train_ResNet.py's flags for one epoch of CC_R at 64 px."""
+    return [
+        "--projection",
+        "CC_R",
+        "--data-root",
+        str(data_root),
+        "--models-root",
+        str(models_root),
+        "--img-size",
+        "64",
+        "--epochs",
+        "1",
+        *map(str, extra),
+    ]
 
 
 def lock_file_of(folder, pid):
@@ -62,6 +89,69 @@ def interrupted(data_root, models_root, **settings):
 
 def contents(folder):
     return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+# ----------------------------------------------------------------------------
+# Bad flags and a diverging loss
+# ----------------------------------------------------------------------------
+
+
+class TestFlagsAndDivergence:
+    @pytest.mark.parametrize(
+        "arguments",
+        [
+            ["--learning-rate", "0"],
+            ["--learning-rate", "-1"],
+            ["--learning-rate", "nan"],
+            ["--learning-rate", "inf"],
+            ["--cardinality", "3"],
+            ["--seed", "-1"],
+            ["--allow-changes"],
+        ],
+    )
+    def test_bad_arguments_are_refused_before_any_folder(self, tmp_path, arguments, capsys):
+        with pytest.raises(SystemExit):
+            Train_ResNet.parse_arguments(train_args(tmp_path, tmp_path / "m", *arguments))
+        assert arguments[0] in capsys.readouterr().err
+        assert not (tmp_path / "m").exists()
+
+    def test_learning_rate_is_recorded_as_given(self):
+        arguments = Train_ResNet.parse_arguments(
+            ["--projection", "CC_R", "--learning-rate", "1e-5"]
+        )
+        optimizer = make_optimizer("sgd", arguments.learning_rate)
+        assert float(optimizer.learning_rate.numpy()) == pytest.approx(1e-5)
+
+    def test_callback_stops_at_the_first_non_finite_loss(self):
+        model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+        model.compile("sgd", "mse")
+        inputs = np.ones((8, 2), np.float32)
+        inputs[5] = np.nan  # batch 3 of 4 (batch size 2)
+        saved = []
+        checkpoint = keras.callbacks.LambdaCallback(on_epoch_end=lambda *_: saved.append(1))
+        with pytest.raises(TrainingDiverged, match="epoch 1, batch 3"):
+            model.fit(
+                inputs,
+                np.zeros(8),
+                batch_size=2,
+                epochs=2,
+                shuffle=False,
+                verbose=0,
+                callbacks=[StopOnNonFiniteLoss(), checkpoint],
+            )
+        assert saved == []  # no epoch end: nothing saved the diverged model
+
+    def test_diverged_run_exits_non_zero_without_a_checkpoint(
+        self, data, tmp_path, capsys, small_network
+    ):
+        status = Train_ResNet.main(
+            train_args(data, tmp_path, "--learning-rate", "1e30", "--epochs", "2")
+        )
+        assert status == 3
+        error = capsys.readouterr().err
+        assert "diverged" in error and "--learning-rate" in error
+        folder = tmp_path / "CC_R_model"
+        assert not list(folder.glob("*.keras"))
 
 
 # ----------------------------------------------------------------------------
@@ -113,8 +203,58 @@ class TestConcurrentRuns:
 
 
 # ----------------------------------------------------------------------------
-# --resume: the data and the configuration
+# --resume: the settings, the images and the configuration
 # ----------------------------------------------------------------------------
+
+
+class TestResumeSettings:
+    def test_changed_settings_are_refused_with_the_differences(self, data, tmp_path, capsys):
+        folder = interrupted(
+            data, tmp_path, image_size=[96, 96], optimizer="sgd", batch_size_per_replica=4
+        )
+        before = (folder / "training_config.json").read_text()
+        status = Train_ResNet.main(
+            train_args(data, tmp_path, "--resume", "--optimizer", "adam", "--batch-size", "8")
+        )
+        assert status == 2
+        error = capsys.readouterr().err
+        for line in (
+            "image_size: [96, 96] -> [64, 64]",
+            "optimizer: 'sgd' -> 'adam'",
+            "batch_size_per_replica: 4 -> 8",
+            "--allow-changes",
+        ):
+            assert line in error
+        assert (folder / "training_config.json").read_text() == before
+        assert not list(folder.glob("*.keras"))
+
+    def test_same_settings_compare_equal(self, tmp_path):
+        arguments = Train_ResNet.parse_arguments(train_args(".", tmp_path))
+        settings = Train_ResNet.resolved_settings(arguments, "CC_R", replicas=1)
+        saved = json.loads(json.dumps({**settings, "train_images": 9, "tensorflow": "x"}))
+        assert setting_differences(saved, settings) == {}
+
+    def test_config_without_bn_momentum_was_trained_with_the_references(self, tmp_path):
+        # Resuming such a run with the reference's 0.99 is no change, with today's default it is one.
+        arguments = Train_ResNet.parse_arguments(train_args(".", tmp_path))
+        settings = Train_ResNet.resolved_settings(arguments, "CC_R", replicas=1)
+        assert settings["bn_momentum"] == 0.9
+        old = {key: value for key, value in settings.items() if key != "bn_momentum"}
+        assert setting_differences(old, settings) == {"bn_momentum": (0.99, 0.9)}
+        reference = {**settings, "bn_momentum": 0.99}
+        assert setting_differences(old, reference) == {}
+
+    def test_allow_changes_records_both(self, data, tmp_path, small_network):
+        folder = interrupted(data, tmp_path, learning_rate=0.5)
+        status = Train_ResNet.main(
+            train_args(data, tmp_path, "--resume", "--allow-changes", "--learning-rate", "0.01")
+        )
+        assert status == 0
+        config = json.loads((folder / "training_config.json").read_text())
+        assert config["learning_rate"] == 0.01
+        assert config["changes_on_resume"] == [
+            {"setting": "learning_rate", "before": 0.5, "after": 0.01}
+        ]
 
 
 class TestResumeData:
@@ -169,7 +309,7 @@ class TestResumeData:
         assert "data_fingerprint: train 4 files" in error and "--allow-changes" in error
         assert not (folder / "final_weights.keras").exists()
 
-    def test_a_configuration_without_the_new_fields_still_resumes(
+    def test_a_configuration_without_the_resolved_data_root_still_resumes(
         self, data, tmp_path, small_network
     ):
         folder = interrupted(data, tmp_path)
@@ -190,12 +330,12 @@ class TestResumeData:
             **settings,
             "data_fingerprint": {"train": {"files": 4, "names_sha256": "cd" * 32}},
         }
-        differences = Train_ResNet.setting_differences(before, now)
+        differences = setting_differences(before, now)
         assert list(differences) == ["data_fingerprint"]
         assert "train 4 files (names cdcdcdcdcdcd) -> train 3 files (names abababababab)" in (
-            Train_ResNet.describe_differences(differences)
+            describe_differences(differences)
         )
-        assert Train_ResNet.setting_differences(settings, now) == {}  # not recorded: unknown
+        assert setting_differences(settings, now) == {}  # not recorded: unknown
 
 
 class TestDamagedConfiguration:
@@ -303,7 +443,9 @@ class TestFullDisk:
         assert not list(folder.glob("*final_weights*"))
         assert (folder / "backup").is_dir()  # kept: the trained epochs are not lost
         monkeypatch.undo()
-        monkeypatch.setattr(Train_ResNet, "build_resnet", tiny_model)
+        import breastdensity.network
+
+        monkeypatch.setattr(breastdensity.network, "build_resnet", tiny_model)
         assert Train_ResNet.main(train_args(data, tmp_path, "--epochs", "2", "--resume")) == 0
         assert (folder / "final_weights.keras").is_file() and not (folder / "backup").exists()
         assert pd.read_csv(folder / "history.csv")["epoch"].tolist() == [1, 2]
@@ -328,11 +470,37 @@ class TestFullDisk:
 
 
 # ----------------------------------------------------------------------------
-# --init-from models that cannot be used
+# --init-from, and the models it cannot use
 # ----------------------------------------------------------------------------
 
 
 class TestInitFrom:
+    @pytest.mark.slow
+    def test_init_from_starts_from_the_best_checkpoint_of_another_run(
+        self, data, tmp_path, small_network, capsys
+    ):
+        first = tmp_path / "first"
+        assert Train_ResNet.main(train_args(data, first, "--optimizer", "adam")) == 0
+        source = best_checkpoint(first / "CC_R_model")
+        # A learning rate of 1e-12 leaves the weights where they started: at the
+        # first run's, not at a new random draw.
+        second = tmp_path / "second"
+        arguments = ["--optimizer", "adam", "--learning-rate", "1e-12", "--seed", "7"]
+        assert Train_ResNet.main(train_args(data, second, *arguments, "--init-from", first)) == 0
+        assert f"weights initialised from {source}" in capsys.readouterr().out
+        started = keras.saving.load_model(source, compile=False).get_weights()
+        ended = keras.saving.load_model(second / "CC_R_model" / "final_weights.keras").get_weights()
+        for before, after in zip(started, ended, strict=True):
+            np.testing.assert_allclose(after, before, atol=1e-6)
+        config = json.loads((second / "CC_R_model" / "training_config.json").read_text())
+        assert config["initialised_from"] == str(first.resolve())
+
+    def test_init_from_a_folder_without_checkpoints_is_a_clear_error(self, data, tmp_path):
+        (tmp_path / "empty" / "CC_R_model").mkdir(parents=True)
+        arguments = train_args(data, tmp_path / "out", "--init-from", tmp_path / "empty")
+        with pytest.raises(SystemExit, match="--init-from: no checkpoint in .*CC_R_model"):
+            Train_ResNet.main(arguments)
+
     def source(self, root, model):
         folder = root / "CC_R_model"
         folder.mkdir(parents=True)
@@ -417,13 +585,13 @@ class TestRawPhantoms:
         assert (tmp_path / "RawDICOM" / "raw_0000.dcm").read_bytes() == b"someone's"
 
     def test_unwritable_folder_is_reported_before_work(self, tmp_path, monkeypatch, capsys):
+        import breastdensity.data.raw_phantoms
         import breastdensity.files
-        import breastdensity.raw_phantoms
 
         def never(*args, **kwargs):
             raise AssertionError("generated although the output folder is unwritable")
 
-        monkeypatch.setattr(breastdensity.raw_phantoms, "make_raw_phantom", never)
+        monkeypatch.setattr(breastdensity.data.raw_phantoms, "make_raw_phantom", never)
         (tmp_path / "file").write_text("")
         assert raw(tmp_path / "file" / "out", 1) == 2
         assert "cannot write the raw phantom folder" in capsys.readouterr().err
@@ -449,16 +617,16 @@ class TestRawPhantoms:
             folder.chmod(0o755)
 
     def test_full_disk_while_writing_removes_the_partial_set(self, tmp_path, monkeypatch, capsys):
-        import breastdensity.raw_phantoms
+        import breastdensity.data.raw_phantoms
 
-        make = breastdensity.raw_phantoms.make_raw_phantom
+        make = breastdensity.data.raw_phantoms.make_raw_phantom
 
         def fill_up(seed, index, size):
             if index == 2:
                 raise OSError(errno.ENOSPC, "No space left on device", "RawDICOM/raw_0002.dcm")
             return make(seed, index, size)
 
-        monkeypatch.setattr(breastdensity.raw_phantoms, "make_raw_phantom", fill_up)
+        monkeypatch.setattr(breastdensity.data.raw_phantoms, "make_raw_phantom", fill_up)
         assert raw(tmp_path, 1) == 2
         error = capsys.readouterr().err
         assert "No space left on device" in error and str(tmp_path) in error

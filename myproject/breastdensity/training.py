@@ -1,8 +1,10 @@
-"""Training helpers shared by Train_ResNet.py and the tests.
+"""The pieces of Train_ResNet.py's recipe: data, augmentation, optimizer, callbacks, outputs.
 
 * ``check_split`` / ``training_datasets``: list and verify a projection's
   training and validation images, and build their tf.data pipelines.
-* ``build_augmentation``: the reference's augmentation as Keras layers.
+* ``build_augmentation``: the reference's augmentation as Keras layers;
+  ``make_augmentation``: it and the optional gray-level one, as one function.
+* ``make_optimizer`` / ``cosine_decay``: the optimizer by name, and the optional schedule.
 * ``HistoryRecorder``: the reference's history txt files, written every epoch
   and continued (not restarted) when a killed run resumes.
 * ``AtomicModelCheckpoint``: Keras' best-checkpoint saving, without half-written files.
@@ -14,11 +16,10 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,14 +34,13 @@ from sklearn.utils.class_weight import compute_class_weight
 
 from .conventions import (
     CLASSES,
-    CONFIG_FILE,
     DatasetError,
     ImageRecord,
     checkpoint_epoch,
     list_class_images,
     split_dir,
 )
-from .files import atomic_write, atomic_write_text
+from .files import atomic_write
 from .network import MIN_IMAGE_SIZE
 from .preprocessing import ImageReadError, read_grayscale, training_dataset
 
@@ -53,7 +53,6 @@ HISTORY_FILES = {
 }
 HISTORY_CSV = "history.csv"
 CURVES_FILE = "training_curves.png"
-BACKUP_FOLDER = "backup"
 # Decoded images are cached in memory when they take at most this much.
 CACHE_LIMIT_BYTES = 4 * 2**30
 
@@ -176,6 +175,35 @@ def photometric_augmentation(images: tf.Tensor, seed: int | None = 1) -> tf.Tens
     return tf.clip_by_value(255.0 * x, 1.0, 255.0) * breast
 
 
+Augmentation = Callable[[tf.Tensor], tf.Tensor]
+
+
+def make_augmentation(
+    seed: int | None = 1, geometric: bool = True, photometric: bool = False
+) -> Augmentation | None:
+    """The training images' augmentation, as one function on batches; None if neither part.
+
+    Args:
+        seed: seed of the random draws.
+        geometric: the reference's rotation, zoom and shifts (``build_augmentation``).
+        photometric: then the gray-level changes of ``photometric_augmentation``.
+
+    Returns:
+        A function from a float32 batch (B, H, W, 1), gray levels 0-255, to the
+        augmented batch of the same shape, or None.
+    """
+    if not (geometric or photometric):
+        return None
+    layers = build_augmentation(seed) if geometric else None
+
+    def augment(images: tf.Tensor) -> tf.Tensor:
+        if layers is not None:
+            images = layers(images, training=True)
+        return photometric_augmentation(images, seed) if photometric else images
+
+    return augment
+
+
 TARGETS = ("onehot", "ordinal")
 # Spread of the ordinal targets: class k's target is softmax(-ORDINAL_SPREAD * (j - k)^2)
 # over the classes j (Diaz & Marathe, "Soft labels for ordinal regression", CVPR 2019).
@@ -212,6 +240,16 @@ class TrainingData:
         records = self.train_records if which == "train" else self.validation_records
         return {label: sum(r.label == label for r in records) for label in CLASSES}
 
+    def describe(self, replicas: int, global_batch_size: int) -> str:
+        """One line: images per split and class, devices, batch, steps, cache."""
+        return (
+            f"train {len(self.train_records)} images {self.class_counts('train')}, "
+            f"validation {len(self.validation_records)} images {self.class_counts('validation')}; "
+            f"{replicas} replica(s), global batch {global_batch_size}, "
+            f"{self.steps_per_epoch} + {self.validation_steps} steps per epoch; "
+            f"decoded images {'cached in memory' if self.cached else 'not cached'}"
+        )
+
 
 def training_datasets(
     data_root: str | Path | Sequence[str | Path],
@@ -219,9 +257,8 @@ def training_datasets(
     image_size: tuple[int, int],
     global_batch_size: int,
     seed: int = 1,
-    augment: bool = True,
+    augment: bool | Augmentation | None = True,
     cache: bool | None = None,
-    photometric: bool = False,
     targets: str = "onehot",
 ) -> TrainingData:
     """Training (shuffled, augmented, repeated) and validation pipelines of one projection.
@@ -232,8 +269,8 @@ def training_datasets(
         projection: one projection, or several trained on together (one
             view-agnostic network); with several roots or projections, a root
             that lacks a projection's folder is skipped.
-        augment: the reference's geometric augmentation (training images only).
-        photometric: add ``photometric_augmentation`` after it.
+        augment: the training images' augmentation, a function on (B, H, W, 1)
+            batches (``make_augmentation``); True: the reference's; False or None: none.
         targets: "onehot" or "ordinal" training targets (:func:`target_matrix`);
             validation always scores against one-hot labels.
         cache: keep decoded, resized images in memory after the first epoch.
@@ -253,12 +290,9 @@ def training_datasets(
         needed = (len(train_records) + len(validation_records)) * image_size[0] * image_size[1] * 4
         cache = needed <= CACHE_LIMIT_BYTES
 
-    geometric = build_augmentation(seed) if augment else None
-
-    def augmentation(images: tf.Tensor) -> tf.Tensor:
-        if geometric is not None:
-            images = geometric(images, training=True)
-        return photometric_augmentation(images, seed) if photometric else images
+    if augment is True:
+        augment = make_augmentation(seed)
+    augment = augment or None  # False: none
 
     def pipeline(records: list[ImageRecord], training: bool) -> tf.data.Dataset:
         return training_dataset(
@@ -268,7 +302,7 @@ def training_datasets(
             global_batch_size,
             shuffle=training,
             seed=seed,
-            augment=augmentation if training and (augment or photometric) else None,
+            augment=augment if training else None,
             repeat=training,
             cache=cache,
             targets=target_matrix(targets) if training else None,
@@ -312,6 +346,37 @@ def class_weights(records: list[ImageRecord]) -> dict[int, float]:
     present = np.unique(labels)
     weights = compute_class_weight("balanced", classes=present, y=labels)
     return {int(c): float(w) for c, w in zip(present, weights, strict=True)}
+
+
+# ----------------------------------------------------------------------------
+# Optimization
+# ----------------------------------------------------------------------------
+
+
+def make_optimizer(
+    name: str, learning_rate: float | keras.optimizers.schedules.LearningRateSchedule
+):
+    """The optimizer called ``name`` (Train_ResNet.py's --optimizer) at ``learning_rate``.
+
+    "sgd" is the reference's: it compiled with ``optimizer="sgd"``, Keras' plain
+    SGD without momentum. Its script also built an SGD with Nesterov momentum and
+    an RMSprop that it never passed to ``compile``: they are "sgd-nesterov" and
+    "rmsprop" here; "adam" adapts its steps and needs little tuning.
+    """
+    if name == "sgd":
+        return keras.optimizers.SGD(learning_rate)
+    if name == "sgd-nesterov":
+        return keras.optimizers.SGD(learning_rate, momentum=0.9, nesterov=True)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(learning_rate)
+    if name == "adam":
+        return keras.optimizers.Adam(learning_rate)
+    raise ValueError(f"unknown optimizer {name!r}: sgd, sgd-nesterov, rmsprop or adam")
+
+
+def cosine_decay(learning_rate: float, decay_steps: int):
+    """A rate that decays smoothly from ``learning_rate`` to 1 % of it over ``decay_steps``."""
+    return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps, alpha=0.01)
 
 
 # ----------------------------------------------------------------------------
@@ -539,10 +604,6 @@ def plot_curves(model_dir: Path, final: bool = False) -> Path:
     finally:
         plt.close(figure)
     return target
-
-
-def save_config(model_dir: Path, config: dict) -> Path:
-    return atomic_write_text(Path(model_dir) / CONFIG_FILE, json.dumps(config, indent=2) + "\n")
 
 
 def save_model(model: keras.Model, path: Path, include_optimizer: bool = True) -> Path:
