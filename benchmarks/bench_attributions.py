@@ -1,4 +1,4 @@
-"""Speed of the gradient attributions against one batched forward+backward pass, in the same run.
+"""Speed of the gradient attribution engine against one batched forward+backward pass, in the same run.
 
 For a batch of B images, "one pass" is one compiled forward+backward pass of the
 network on those B images (the gradient of the class scores with respect to the
@@ -18,6 +18,8 @@ import argparse
 
 from _common import Timer
 
+from breastdensity.quiet import quiet_tensorflow
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -30,12 +32,13 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed calls per method (best kept)")
     parser.add_argument("--model", default=None, help="a .keras model (default: random weights)")
     args = parser.parse_args()
+    quiet_tensorflow()  # after the arguments: --help answers at once
 
     import keras
     import numpy as np
     import tensorflow as tf
 
-    from breastdensity.attributions import BASE_METHODS, GradientAttributions
+    from breastdensity.attributions import BASE_METHODS, CLASSIC_METHODS, GradientAttributions
     from breastdensity.cam import linear_copy
     from breastdensity.network import build_resnet
     from breastdensity.preprocessing import normalize
@@ -79,7 +82,10 @@ def main() -> None:
         smooth_samples=args.smooth_samples,
         batch_size=args.batch_size,
     )
-    samples = {
+    samples = {  # K, gradient samples per image
+        "saliency": 1,
+        "smoothgrad": args.smooth_samples,
+        "integrated_gradients": args.ig_steps,
         "backprop": 1,
         "deconvolution": 1,
         "gradient_input": 1,
@@ -96,7 +102,7 @@ def main() -> None:
         f"({args.images / reference:.1f} images/s)"
     )
     print(f"  {'method':26s} {'K':>4s} {'maps/s':>8s} {'s/batch':>8s} {'ratio':>6s} (goal <= 1.5)")
-    for name in [*BASE_METHODS, *(f"sg_{m}" for m in BASE_METHODS)]:
+    for name in [*CLASSIC_METHODS, *BASE_METHODS, *(f"sg_{m}" for m in BASE_METHODS)]:
         count = samples[name.removeprefix("sg_")]
         count *= args.smooth_samples if name.startswith("sg_") else 1
         seconds = best_time(lambda name=name: attributions.maps(name, images, classes))

@@ -15,6 +15,8 @@ import argparse
 
 from _common import Timer
 
+from breastdensity.quiet import quiet_tensorflow
+
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -22,6 +24,7 @@ def main() -> None:
     parser.add_argument("--images", type=int, default=32)
     parser.add_argument("--batch-size", type=int, default=4)
     args = parser.parse_args()
+    quiet_tensorflow()  # after the arguments: --help answers at once
 
     import keras
     import numpy as np

@@ -7,10 +7,11 @@ import tensorflow as tf
 
 from breastdensity.attributions import (
     GradientAttributions,
+    GradientMethod,
     deconvnet_copy,
+    integrated_gradients,
 )
 from breastdensity.cam import linear_copy
-from breastdensity.explanations import signed_integrated_gradients
 from breastdensity.preprocessing import normalize
 from breastdensity.regions import segment_regions, xrai_map
 
@@ -72,17 +73,60 @@ def test_black_is_pixel_zero_after_normalisation():
     np.testing.assert_allclose(images.min(axis=(1, 2, 3)), -means, atol=1e-6)
 
 
-def test_gradient_input_equals_integrated_gradients_on_a_linear_model():
+def test_on_a_linear_model_integrated_gradients_is_gradient_times_input():
     model, images, classes = linear_model(), gray_images(2), np.array([1, 0])
+    kernel = model.layers[-1].get_weights()[0].reshape(SIDE, SIDE, 3, 2)
+    # the score's gradient is the class's column of weights, whatever the image
+    expected = np.stack(
+        [(x * kernel[..., c]).sum(axis=-1) for x, c in zip(images, classes, strict=True)]
+    )
     attributions = GradientAttributions(model, ig_steps=8)
-    gradient_input = attributions.per_copy("gradient_input", images, classes)[:, 0]
-    # the project's Integrated Gradients, baseline 0 in network units
-    integrated = signed_integrated_gradients(linear_copy(model), images, classes, steps=8)
-    np.testing.assert_allclose(gradient_input, integrated.sum(axis=-1), rtol=1e-4, atol=1e-6)
-    # ... and IGB with its black set to 0
-    black_at_zero = attributions.per_copy("ig_black", images, classes, black=np.zeros(2))[:, 0]
-    np.testing.assert_allclose(gradient_input, black_at_zero, rtol=1e-4, atol=1e-6)
-    assert np.abs(gradient_input).max() > 0
+    for name in ("gradient_input", "integrated_gradients"):  # IG from zero, right sum
+        values = attributions.per_copy(name, images, classes)[:, 0]
+        np.testing.assert_allclose(values, expected, rtol=1e-4, atol=1e-6)
+    # ... and from black set to 0, by either rule
+    for rule in ("right", "midpoint"):
+        from_black = integrated_gradients("black", rule)
+        values = attributions.per_copy(from_black, images, classes, black=np.zeros(2))[:, 0]
+        np.testing.assert_allclose(values, expected, rtol=1e-4, atol=1e-6)
+    assert np.abs(expected).max() > 0
+
+
+def test_references_and_riemann_rules():
+    model, images, classes = smooth_model(), gray_images(2), np.array([0, 1])
+    attributions = GradientAttributions(model, ig_steps=4, batch_size=64)
+    black = images.min(axis=(1, 2, 3))
+    # a reference image equal to black everywhere is the black reference
+    attributions.reference_image = np.full(images.shape[1:], black[0], np.float32)
+    np.testing.assert_allclose(
+        attributions.per_copy(integrated_gradients("image"), images[:1], classes[:1]),
+        attributions.per_copy("ig_black", images[:1], classes[:1]),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+    # IGBW is the mean of IG from black and IG from white
+    both = [
+        attributions.per_copy(integrated_gradients(r), images, classes) for r in ("black", "white")
+    ]
+    np.testing.assert_allclose(
+        attributions.per_copy("ig_black_white", images, classes),
+        (both[0] + both[1]) / 2,
+        rtol=1e-4,
+        atol=1e-6,
+    )
+    # with few steps the midpoint rule is closer to completeness than the right sum
+    expected = scores(model, images, classes) - scores(
+        model, np.broadcast_to(black[:, None, None, None], images.shape), classes
+    )
+    errors = {}
+    for rule in ("right", "midpoint"):
+        total = attributions.per_copy(integrated_gradients("black", rule), images, classes)
+        errors[rule] = np.abs(total[:, 0].sum(axis=(1, 2)) - expected)
+    assert (errors["midpoint"] < errors["right"]).all()
+    with pytest.raises(ValueError, match="reference must be one of"):
+        GradientMethod("ig_grey", reference="grey")
+    with pytest.raises(ValueError, match="reference_image="):
+        GradientAttributions(model).maps(integrated_gradients("image"), images, classes)
 
 
 def test_expected_gradients_with_one_baseline_image_is_integrated_gradients():

@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from .attributions import GradientAttributions
+from .attributions import SMOOTHINGS, GradientAttributions
 from .cam import normalize_maps, to_image_size
 from .conventions import CLASSES
 from .explanation_quality import PreparedImage, best_dice, fidelity_curves, network_input, roc_auc
@@ -32,7 +32,6 @@ POSTER_METHODS = {
     "expected_gradients": "EG",
     "deconvolution": "D",
 }
-SMOOTHINGS = ("none", "SG", "SG²")
 FORMS = ("pixel", "region")
 METRICS = {
     "auc": "ROC AUC (higher is better)",

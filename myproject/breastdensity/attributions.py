@@ -1,34 +1,51 @@
-"""Gradient attributions of the UNED thesis and the LaTIM poster, batched and compiled.
+"""Gradient attributions, batched and compiled: the one engine behind every gradient method.
 
 Every method here is one formula with different sample points. For an image x
 (network input, (H, W, 3)), a class score y (pre-softmax) and K samples
 (reference b_k, path position a_k)::
 
-    A(x) = 1/K sum_k  (x - b_k) * R(b_k + a_k (x - b_k))     summed over the 3 channels
+    A(x) = 1/K sum_k  (x - b_k) * R(b_k + a_k (x - b_k))     over the 3 channels
 
 where R is the backward rule (the gradient d y / d x, or the deconvnet rule)
-and the factor (x - b_k) is dropped for the plain-gradient methods:
+and the factor (x - b_k) is dropped for the plain-gradient methods. The three
+channels hold the same gray image, so the map is their sum (the attribution of
+the gray pixel), or, for saliency as tf-keras-vis computes it, the largest
+|channel|:
 
 =====================  ================  ==================================  ===
 method                 rule, factor      samples (b_k, a_k)                  K
 =====================  ================  ==================================  ===
+saliency               gradient, none    (0, 1), largest |channel|           1
 backprop (BP)          gradient, none    (0, 1): the gradient at x           1
 deconvolution (D)      deconvnet, none   (0, 1)                              1
 gradient_input (G*I)   gradient, x       (0, 1)                              1
+integrated_gradients   gradient, x       (0, k/m), k = 1..m                  m
 ig_black (IGB)         gradient, x - b   (black, (k - 1/2)/m), k = 1..m      m
 ig_black_white (IGBW)  gradient, x - b   as IGB, from black and from white   2m
 expected_gradients     gradient, x - b   (training image, a ~ U(0, 1))       n
 =====================  ================  ==================================  ===
 
 SmoothGrad wraps any of them: ``smoothgrad(method)`` averages A over noisy
-copies x + e_j, ``smoothgrad_squared(method)`` averages A(x + e_j)^2. Maps
-are absolute values (|A|, |SG|, and SG^2, which is already >= 0), as the poster
-shows them.
+copies x + e_j, ``smoothgrad_squared(method)`` averages A(x + e_j)^2
+(``smoothgrad`` is SmoothGrad of saliency). Maps are absolute values (|A|,
+|SG|, and SG^2, which is already >= 0), as the poster shows them.
+
+**Options.** A method is a ``GradientMethod``: its reference (zero, black,
+white, black and white, a reference image, training images), its path rule
+(the gradient at x, or Integrated Gradients' path integral as a right or a
+midpoint Riemann sum), its backward rule, its channel reduction and its
+smoothing (none, SG, SG²). ``integrated_gradients(reference, rule)`` makes the
+Integrated Gradients variants; pass a ``GradientMethod`` wherever a name is
+accepted. The midpoint rule's error is O(1/m^2), the right sum's O(1/m); the
+``integrated_gradients`` method keeps the right sum its published scores were
+computed with.
 
 **Speed.** All samples of all images of a call are rows of one stream, cut in
 chunks of ``batch_size`` and sent through one compiled (``tf.function``)
 forward+backward pass each, so a method with K samples costs about K / batch_size
-batched gradient passes per image (``benchmarks/bench_attributions.py``).
+batched gradient passes per image (``benchmarks/bench_attributions.py``). The
+pass is compiled once per model and backward rule, for any number of rows, and
+shared by every ``GradientAttributions`` of that model.
 
 **Black and white.** Inputs are normalised per image (x / 255 minus the
 image's own mean, ``preprocessing.normalize``), so pixel-space black (0) is
@@ -36,7 +53,8 @@ image's own mean, ``preprocessing.normalize``), so pixel-space black (0) is
 not passed along with the input, but the darkest pixel of a mammogram is its
 black background: black is taken as the image's minimum (exact whenever the
 image has a 0 pixel, as every mammogram and phantom here does), white as
-black + 1. Pass ``black=`` to override.
+black + 1. Pass ``black=`` to override. The zero reference is an image equal
+everywhere to its mean gray.
 """
 
 from __future__ import annotations
@@ -49,7 +67,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .cam import linear_copy
+from .cam import compiled_for, input_spec, score_model, scores_layer
 from .conventions import is_image_file
 from .preprocessing import load_image
 
@@ -57,21 +75,30 @@ from .preprocessing import load_image
 # The methods: which samples, which backward rule
 # ----------------------------------------------------------------------------
 
+REFERENCES = ("zero", "black", "white", "black_white", "image", "training")
+PATHS = ("end", "right", "midpoint", "random")
+RULES = ("gradient", "deconvnet")
+CHANNELS = ("sum", "largest")
+SMOOTHINGS = ("none", "SG", "SG²")
+
 
 @dataclass(frozen=True)
 class GradientMethod:
     """How one attribution method samples the network.
 
     Attributes:
-        name: the name ``Explainer.explain`` knows it by.
-        reference: "zero" (b = 0), "black", "black_white" or "training" (EG baselines).
-        path: "end" (a = 1: the gradient at the image itself), "uniform"
-            (a = (k - 1/2)/m, the midpoint rule for Integrated Gradients' path
-            integral) or "random" (a ~ U(0, 1)).
+        name: the name it is known by (``Explainer.explain``, tables).
+        reference: b: "zero", "black", "white", "black_white" (both, half the
+            samples each), "image" (``GradientAttributions(reference_image=)``)
+            or "training" (Expected Gradients' baselines).
+        path: "end" (a = 1: the gradient at the image itself), "right"
+            (a = k/m) or "midpoint" (a = (k - 1/2)/m): Riemann sums of
+            Integrated Gradients' path integral, or "random" (a ~ U(0, 1),
+            with the training reference).
         times_input: multiply the gradient by (x - b).
         rule: "gradient" or "deconvnet".
-        noise_samples: SmoothGrad's noisy copies (0: none).
-        squared: SmoothGrad squared (mean of A^2 over the copies) instead of mean of A.
+        channels: "sum" (the gray pixel) or "largest" (max over the channels of |A|).
+        smoothing: "none", "SG" (mean of A over noisy copies) or "SG²" (mean of A^2).
     """
 
     name: str
@@ -79,36 +106,75 @@ class GradientMethod:
     path: str = "end"
     times_input: bool = False
     rule: str = "gradient"
-    noise_samples: int = 0
-    squared: bool = False
+    channels: str = "sum"
+    smoothing: str = "none"
+
+    def __post_init__(self):
+        for field, allowed in (
+            ("reference", REFERENCES),
+            ("path", PATHS),
+            ("rule", RULES),
+            ("channels", CHANNELS),
+            ("smoothing", SMOOTHINGS),
+        ):
+            if getattr(self, field) not in allowed:
+                raise ValueError(f"{self.name}: {field} must be one of {allowed}")
+        if (self.path == "random") != (self.reference == "training"):
+            raise ValueError(f"{self.name}: random path positions go with training references")
 
 
+def integrated_gradients(
+    reference: str = "black", rule: str = "midpoint", name: str | None = None
+) -> GradientMethod:
+    """Integrated Gradients (Sundararajan et al., 2017) from ``reference``, as a ``rule`` Riemann sum.
+
+    Args:
+        reference: "zero", "black", "white", "black_white" or "image".
+        rule: "right" or "midpoint".
+        name: default ``ig_<reference>`` (``ig_<reference>_right`` for the right sum).
+    """
+    if rule not in ("right", "midpoint"):
+        raise ValueError("rule must be 'right' or 'midpoint'")
+    name = name or f"ig_{reference}" + ("_right" if rule == "right" else "")
+    return GradientMethod(name, reference, rule, times_input=True)
+
+
+def smoothgrad(method: GradientMethod) -> GradientMethod:
+    """SmoothGrad (Smilkov et al., 2017) of any gradient method: the mean of A over noisy copies."""
+    return replace(method, name=f"sg_{method.name}", smoothing="SG")
+
+
+def smoothgrad_squared(method: GradientMethod) -> GradientMethod:
+    """SmoothGrad squared (Hooker et al., 2019): the mean of A^2 over noisy copies."""
+    return replace(method, name=f"sg2_{method.name}", smoothing="SG²")
+
+
+# The thesis' and the poster's methods, each also with SmoothGrad and SmoothGrad² (sg_, sg2_).
 BASE_METHODS = {
     method.name: method
     for method in (
         GradientMethod("backprop"),
         GradientMethod("deconvolution", rule="deconvnet"),
         GradientMethod("gradient_input", times_input=True),
-        GradientMethod("ig_black", "black", "uniform", True),
-        GradientMethod("ig_black_white", "black_white", "uniform", True),
-        GradientMethod("expected_gradients", "training", "random", True),
+        integrated_gradients("black", "midpoint"),
+        integrated_gradients("black_white", "midpoint"),
+        GradientMethod("expected_gradients", "training", "random", times_input=True),
     )
 }
-
-
-def smoothgrad(method: GradientMethod, samples: int = 20) -> GradientMethod:
-    """SmoothGrad (Smilkov et al., 2017) of any gradient method: the mean of A over noisy copies."""
-    return replace(method, name=f"sg_{method.name}", noise_samples=samples, squared=False)
-
-
-def smoothgrad_squared(method: GradientMethod, samples: int = 20) -> GradientMethod:
-    """SmoothGrad squared (Hooker et al., 2019): the mean of A^2 over noisy copies."""
-    return replace(method, name=f"sg2_{method.name}", noise_samples=samples, squared=True)
-
-
 GRADIENT_METHODS = tuple(BASE_METHODS) + tuple(
     f"{prefix}_{name}" for prefix in ("sg", "sg2") for name in BASE_METHODS
 )
+# The classic methods under their usual names (``Explainer``): saliency as tf-keras-vis
+# computes it (largest |channel|), SmoothGrad of it, Integrated Gradients from zero.
+SALIENCY = GradientMethod("saliency", channels="largest")
+CLASSIC_METHODS = {
+    method.name: method
+    for method in (
+        SALIENCY,
+        replace(smoothgrad(SALIENCY), name="smoothgrad"),
+        integrated_gradients("zero", "right", name="integrated_gradients"),
+    )
+}
 
 
 # ----------------------------------------------------------------------------
@@ -156,22 +222,23 @@ class DeconvnetLeakyReLU(keras.layers.Layer):
 
 
 def deconvnet_copy(model: keras.Model) -> keras.Model:
-    """A linear-output copy of ``model`` whose (Leaky)ReLU layers use the deconvnet backward rule.
+    """``model``'s pre-softmax scores, with its (Leaky)ReLU layers under the deconvnet backward rule.
 
-    The forward pass is unchanged (same weights, same outputs); ``model`` itself is untouched.
+    The forward pass is unchanged. Built from ``model``'s own layers (its
+    weights are shared, not copied); ``model`` itself is untouched.
     """
+    last = model.layers[-1]
 
     def clone(layer):
         if isinstance(layer, keras.layers.LeakyReLU):
             return DeconvnetLeakyReLU(layer.negative_slope, name=layer.name)
         if isinstance(layer, keras.layers.ReLU) and layer.max_value is None:
             return DeconvnetLeakyReLU(layer.negative_slope, name=layer.name)
-        return layer.__class__.from_config(layer.get_config())
+        if layer is last:
+            return scores_layer(model)
+        return layer  # the same layer: same weights
 
-    copy = keras.models.clone_model(linear_copy(model), clone_function=clone)
-    copy.set_weights(model.get_weights())
-    copy.layers[-1].activation = keras.activations.linear
-    return copy
+    return keras.models.clone_model(model, clone_function=clone)
 
 
 # ----------------------------------------------------------------------------
@@ -204,17 +271,29 @@ def load_baselines(folder, size, count: int = 32, seed: int = 0) -> np.ndarray:
 # ----------------------------------------------------------------------------
 
 
-def _compiled_attribution(model: keras.Model):
+def _compiled_attribution(model: keras.Model, rule: str):
     """One batched forward+backward pass: rows (points, factors, classes) -> (C, H, W)."""
+    scores_model = score_model(model) if rule == "gradient" else deconvnet_copy(model)
 
-    @tf.function(reduce_retracing=True)
-    def attribution(points, factors, classes):
+    @tf.function(
+        input_signature=[
+            input_spec(model),  # points on the paths
+            input_spec(model),  # factors: x - b, or ones
+            tf.TensorSpec((None,), tf.int32),  # class of each row
+            tf.TensorSpec((), tf.bool),  # largest |channel| instead of the sum
+        ]
+    )
+    def attribution(points, factors, classes, largest_channel):
         with tf.GradientTape() as tape:
             tape.watch(points)
-            scores = tf.cast(model(points, training=False), tf.float32)
+            scores = tf.cast(scores_model(points, training=False), tf.float32)
             target = tf.gather(scores, classes, batch_dims=1)
-        gradients = tape.gradient(target, points)
-        return tf.reduce_sum(gradients * factors, axis=-1)
+        values = tape.gradient(target, points) * factors  # (C, H, W, 3)
+        return tf.where(
+            largest_channel,
+            tf.reduce_max(tf.abs(values), axis=-1),
+            tf.reduce_sum(values, axis=-1),
+        )
 
     return attribution
 
@@ -223,15 +302,16 @@ class GradientAttributions:
     """The methods of the table above for one model, compiled once and reused.
 
     Args:
-        model: classifier with softmax output (not modified; a linear copy gives the scores).
+        model: classifier with softmax output (not modified; its pre-softmax scores are explained).
         baselines: (N, H, W, 3) preprocessed training images for Expected Gradients.
-        ig_steps: m, path points of IGB and IGBW (per reference).
+        ig_steps: m, path points of Integrated Gradients (per reference).
         eg_samples: n, (baseline, position) draws of Expected Gradients.
         smooth_samples: SmoothGrad's noisy copies.
         smooth_noise: their standard deviation, as a fraction of the image's value range.
         batch_size: rows per compiled pass.
         seed: of the noise and of the EG draws; every image gets its own stream
             ``(seed, position in the batch, copy)``, so a call is reproducible.
+        reference_image: (H, W, 3) preprocessed reference of methods with reference "image".
     """
 
     def __init__(
@@ -244,6 +324,7 @@ class GradientAttributions:
         smooth_noise: float = 0.2,
         batch_size: int = 32,
         seed: int = 0,
+        reference_image=None,
     ):
         self.model = model
         self.baselines = None if baselines is None else np.asarray(baselines, np.float32)
@@ -253,65 +334,85 @@ class GradientAttributions:
         self.smooth_noise = smooth_noise
         self.batch_size = batch_size
         self.seed = seed
-        self._kernels = {}
+        self.reference_image = (
+            None if reference_image is None else np.asarray(reference_image, np.float32)
+        )
 
     def _kernel(self, rule: str):
-        if rule not in self._kernels:  # model copies are built on first use
-            copy = linear_copy(self.model) if rule == "gradient" else deconvnet_copy(self.model)
-            self._kernels[rule] = _compiled_attribution(copy)
-        return self._kernels[rule]
+        return compiled_for(
+            self.model, ("attribution", rule), lambda: _compiled_attribution(self.model, rule)
+        )
 
-    def method(self, name: str) -> GradientMethod:
-        """The GradientMethod called ``name`` (``sg_`` / ``sg2_`` prefixes wrap a base method)."""
+    def method(self, name) -> GradientMethod:
+        """The GradientMethod called ``name`` (``sg_`` / ``sg2_`` prefixes wrap a base method).
+
+        A ``GradientMethod`` is returned as it is.
+        """
+        if isinstance(name, GradientMethod):
+            return name
         for prefix, wrapper in (("sg2_", smoothgrad_squared), ("sg_", smoothgrad)):
             if name.startswith(prefix) and name[len(prefix) :] in BASE_METHODS:
-                return wrapper(BASE_METHODS[name[len(prefix) :]], self.smooth_samples)
-        if name not in BASE_METHODS:
-            raise ValueError(f"unknown gradient method {name!r}; choose from {GRADIENT_METHODS}")
-        return BASE_METHODS[name]
+                return wrapper(BASE_METHODS[name[len(prefix) :]])
+        known = {**BASE_METHODS, **CLASSIC_METHODS}
+        if name not in known:
+            raise ValueError(
+                f"unknown gradient method {name!r}; choose from "
+                f"{', '.join([*CLASSIC_METHODS, *GRADIENT_METHODS])}"
+            )
+        return known[name]
 
     # --- the samples of one (image, noisy copy) -----------------------------------------
 
     def _samples(self, method: GradientMethod, black: float, rng) -> tuple[list, np.ndarray]:
-        """References (scalars or baseline indices) and path positions of one image's K samples."""
-        if method.reference == "zero":
-            return [0.0], np.ones(1, np.float32)
-        if method.reference in ("black", "black_white"):
-            # midpoint rule: error O(1/m^2), where the right Riemann sum has O(1/m)
-            steps = (np.arange(self.ig_steps, dtype=np.float32) + 0.5) / self.ig_steps
-            references = [black] + ([black + 1.0] if method.reference == "black_white" else [])
-            return [r for r in references for _ in steps], np.tile(steps, len(references))
-        if self.baselines is None:
-            raise ValueError(
-                "expected_gradients needs training images as baselines: pass baselines= "
-                "(e.g. load_baselines('TrainingSet/CC_R/train', size))"
-            )
-        chosen = rng.integers(0, len(self.baselines), self.eg_samples)
-        return [int(i) for i in chosen], rng.random(self.eg_samples).astype(np.float32)
+        """References b_k (scalars or (H, W, 3) images) and path positions a_k of one image."""
+        if method.reference == "training":
+            if self.baselines is None:
+                raise ValueError(
+                    f"{method.name} needs training images as baselines: pass baselines= "
+                    "(e.g. load_baselines('TrainingSet/CC_R/train', size))"
+                )
+            chosen = rng.integers(0, len(self.baselines), self.eg_samples)
+            positions = rng.random(self.eg_samples).astype(np.float32)
+            return [self.baselines[i] for i in chosen], positions
+        if method.reference == "image" and self.reference_image is None:
+            raise ValueError(f"{method.name} needs its reference: pass reference_image=")
+        references = {
+            "zero": [0.0],
+            "black": [black],
+            "white": [black + 1.0],
+            "black_white": [black, black + 1.0],
+            "image": [self.reference_image],
+        }[method.reference]
+        steps = np.arange(self.ig_steps, dtype=np.float32)
+        positions = {
+            "end": np.ones(1, np.float32),
+            "right": (steps + 1.0) / self.ig_steps,
+            "midpoint": (steps + 0.5) / self.ig_steps,
+        }[method.path]
+        return [r for r in references for _ in positions], np.tile(positions, len(references))
 
     def _rows(self, method: GradientMethod, images, classes, black):
         """Yield (image index, copy index, point, factor, class) for every sample of the call."""
-        copies = max(method.noise_samples, 1)
+        copies = self.smooth_samples if method.smoothing != "none" else 1
         for i, (image, target) in enumerate(zip(images, classes, strict=True)):
             sigma = self.smooth_noise * float(image.max() - image.min())
             for j in range(copies):
                 rng = np.random.default_rng([self.seed, i, j])
                 x = image
-                if method.noise_samples:
+                if method.smoothing != "none":
                     # gray noise, the same in the 3 channels: the network sees a gray image
                     x = image + sigma * rng.normal(size=image.shape[:2] + (1,)).astype(np.float32)
                 references, alphas = self._samples(method, float(black[i]), rng)
-                for reference, alpha in zip(references, alphas, strict=True):
-                    b = self.baselines[reference] if method.reference == "training" else reference
+                for b, alpha in zip(references, alphas, strict=True):
                     point = b + alpha * (x - b)
                     factor = x - b if method.times_input else np.ones_like(x)
                     yield i, j, point, factor, int(target)
 
-    def per_copy(self, name: str, images, classes, black=None) -> np.ndarray:
+    def per_copy(self, name, images, classes, black=None) -> np.ndarray:
         """Signed attributions (B, copies, H, W): A(x + e_j) for each noisy copy j (1 copy if no noise).
 
         Args:
-            name: a method of ``GRADIENT_METHODS``.
+            name: a method of ``GRADIENT_METHODS`` or ``CLASSIC_METHODS``, or a ``GradientMethod``.
             images: (B, H, W, 3) preprocessed.
             classes: (B,) class explained in each image.
             black: (B,) pixel-space black in network units (default: each image's minimum).
@@ -320,41 +421,48 @@ class GradientAttributions:
         images = np.asarray(images, np.float32)
         classes = np.asarray(classes, np.int32).reshape(len(images))
         black = images.min(axis=(1, 2, 3)) if black is None else np.asarray(black, np.float32)
-        copies = max(method.noise_samples, 1)
+        copies = self.smooth_samples if method.smoothing != "none" else 1
         sums = np.zeros((len(images), copies, *images.shape[1:3]), np.float64)
         counts = np.zeros((len(images), copies), np.int64)
         kernel = self._kernel(method.rule)
+        largest = tf.constant(method.channels == "largest")
         rows = self._rows(method, images, classes, black)
         while chunk := list(islice(rows, self.batch_size)):
             index, copy, points, factors, targets = zip(*chunk, strict=True)
             values = kernel(
-                tf.constant(np.stack(points)), tf.constant(np.stack(factors)), tf.constant(targets)
+                tf.constant(np.stack(points)),
+                tf.constant(np.stack(factors)),
+                tf.constant(targets, tf.int32),
+                largest,
             ).numpy()
             np.add.at(sums, (np.array(index), np.array(copy)), values)
             np.add.at(counts, (np.array(index), np.array(copy)), 1)
         return (sums / counts[..., None, None]).astype(np.float32)
 
-    def maps(self, name: str, images, classes, black=None) -> np.ndarray:
-        """(B, H, W) non-negative maps, not normalised: |A|, |mean_j A_j| (SG) or mean_j A_j^2 (SG^2)."""
+    def maps(self, name, images, classes, black=None) -> np.ndarray:
+        """(B, H, W) non-negative maps, not normalised: |A|, |mean_j A_j| (SG) or mean_j A_j^2 (SG²)."""
         values = self.per_copy(name, images, classes, black)
-        if self.method(name).squared:
+        if self.method(name).smoothing == "SG²":
             return np.mean(values**2, axis=1)
         return np.abs(values.mean(axis=1))
 
-    def smoothed(self, name: str, images, classes, black=None) -> tuple[np.ndarray, np.ndarray]:
-        """SG and SG^2 maps of base method ``name`` from the same noisy copies (half the cost)."""
-        values = self.per_copy(f"sg_{name}", images, classes, black)
+    def smoothed(self, name, images, classes, black=None) -> tuple[np.ndarray, np.ndarray]:
+        """SG and SG² maps of base method ``name`` from the same noisy copies (half the cost)."""
+        values = self.per_copy(smoothgrad(self.method(name)), images, classes, black)
         return np.abs(values.mean(axis=1)), np.mean(values**2, axis=1)
 
 
 __all__ = [
     "BASE_METHODS",
+    "CLASSIC_METHODS",
     "GRADIENT_METHODS",
+    "SALIENCY",
     "DeconvnetLeakyReLU",
     "GradientAttributions",
     "GradientMethod",
     "deconvnet_copy",
     "deconvnet_leaky_relu",
+    "integrated_gradients",
     "load_baselines",
     "smoothgrad",
     "smoothgrad_squared",

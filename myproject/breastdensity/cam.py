@@ -7,7 +7,7 @@ the K feature maps A^k of a convolutional layer::
     L^c       = ReLU( sum_k alpha_k^c A^k )                          (h x w map)
 
 then L^c is resized to the input and scaled to [0, 1]. The score is taken
-*before* the softmax (the last activation replaced by a linear one): the
+*before* the softmax (the last layer without its softmax, ``score_model``): the
 softmax couples the classes, so its gradient for class c also depends on how
 the other classes score and can vanish when p_c is close to 1.
 
@@ -15,8 +15,9 @@ Target layer: ``LAST_RESIDUAL_LAYER``, the output of the last residual module
 (the network's last and most semantic feature maps, H/32 x W/32 x 256). From
 there to the score there are only dropout, global average pooling and the dense
 layer, so one map costs about one forward pass. ``GradCam(model)`` compiles it
-once for a model and then maps a batch per call; a test checks it equals
-tf-keras-vis' ``Gradcam`` (which rebuilds a model at every call and runs
+once for a model (for any batch size; a second ``GradCam`` of the same model
+reuses the compiled function) and then maps a batch per call; a test checks it
+equals tf-keras-vis' ``Gradcam`` (which rebuilds a model at every call and runs
 eagerly, about 4x slower here). ClassActivationMaps.ipynb writes the same
 computation out in a few eager lines and checks it against this one.
 
@@ -33,6 +34,7 @@ as fine. ``GradCam(model, DENSITY_MAP_LAYER)(images, weights=DENSITY_WEIGHTS)``.
 from __future__ import annotations
 
 import re
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,7 @@ import keras
 import matplotlib.pyplot as plt
 import numpy as np
 import tensorflow as tf
+from keras import ops
 from scipy.ndimage import zoom
 
 from .conventions import CLASSES
@@ -57,6 +60,64 @@ def linear_copy(model: keras.Model) -> keras.Model:
     copy.set_weights(model.get_weights())
     copy.layers[-1].activation = keras.activations.linear
     return copy
+
+
+class ClassScores(keras.layers.Layer):
+    """A softmax ``Dense`` layer without its softmax: ``x @ kernel + bias``, with that layer's weights."""
+
+    def __init__(self, dense: keras.layers.Dense, **kwargs):
+        super().__init__(dtype="float32", **kwargs)
+        self.dense = dense  # shared, not copied
+
+    def call(self, inputs):
+        return ops.matmul(ops.cast(inputs, "float32"), self.dense.kernel) + self.dense.bias
+
+
+def scores_layer(model: keras.Model) -> keras.layers.Layer:
+    """A layer that stands in for ``model``'s last one and gives the pre-softmax class scores.
+
+    The last layer is a softmax ``Dense`` layer (this project's networks: its
+    weights, shared) or a ``Softmax`` layer after the scores (then: identity).
+    """
+    last = model.layers[-1]
+    if isinstance(last, keras.layers.Softmax):
+        return keras.layers.Identity(name=f"{last.name}_scores")
+    if isinstance(last, keras.layers.Dense) and last.activation is keras.activations.softmax:
+        return ClassScores(last, name=f"{last.name}_scores")
+    raise ValueError(
+        f"{model.name}: the last layer must be a softmax Dense or a Softmax layer, "
+        f"not {type(last).__name__}"
+    )
+
+
+def score_model(model: keras.Model, layer_name: str | None = None) -> keras.Model:
+    """The pre-softmax class scores of ``model`` (after the output of ``layer_name``, if given).
+
+    Unlike ``linear_copy`` nothing is copied: the returned model calls ``model``'s
+    own layers, so it costs no clone and always uses the current weights.
+    """
+    scores = scores_layer(model)(model.layers[-1].input)
+    if layer_name is None:
+        return keras.Model(model.input, scores)
+    return keras.Model(model.input, [model.get_layer(layer_name).output, scores])
+
+
+# The compiled functions of each model, built on first use: a new GradCam or
+# Explainer of the same model reuses them instead of tracing again.
+_COMPILED = weakref.WeakKeyDictionary()
+
+
+def compiled_for(model: keras.Model, key, build):
+    """``build()`` (a ``tf.function``) for ``model``, made once per model and ``key``."""
+    functions = _COMPILED.setdefault(model, {})
+    if key not in functions:
+        functions[key] = build()
+    return functions[key]
+
+
+def input_spec(model: keras.Model) -> tf.TensorSpec:
+    """(None, H, W, C) float32: any batch of the model's input, one trace for every batch size."""
+    return tf.TensorSpec((None, *model.input_shape[1:]), tf.float32)
 
 
 def normalize_maps(maps: np.ndarray) -> np.ndarray:
@@ -82,6 +143,40 @@ class CamResult:
     valid: np.ndarray  # (B,) False: the map is empty (vanishing gradients) or not finite
 
 
+def _compiled_gradcam(model: keras.Model, layer_name: str):
+    """(images, classes, weights) -> (B, h, w) maps, explained classes, probabilities."""
+    feature_model = score_model(model, layer_name)  # (B, h, w, K) features, (B, 4) scores
+
+    @tf.function(
+        input_signature=[
+            input_spec(model),
+            tf.TensorSpec((None,), tf.int32),  # class, -1: the predicted one
+            tf.TensorSpec((None, None), tf.float32),  # class weights, NaN: one class
+        ]
+    )
+    def compute(images, classes, weights):
+        with tf.GradientTape() as tape:
+            features, scores = feature_model(images, training=False)
+            scores = tf.cast(scores, tf.float32)  # float32 even under mixed precision
+            chosen = tf.where(
+                classes < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), classes
+            )
+            # one class (one-hot weights) or a weighted sum of the class scores
+            weights = tf.where(
+                tf.reduce_any(tf.math.is_nan(weights), axis=-1, keepdims=True),
+                tf.one_hot(chosen, tf.shape(scores)[-1]),
+                weights,
+            )
+            target = tf.reduce_sum(scores * weights, axis=-1)
+        gradients = tf.cast(tape.gradient(target, features), tf.float32)
+        features = tf.cast(features, tf.float32)
+        alphas = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)  # alpha_k^c
+        cams = tf.nn.relu(tf.reduce_sum(features * alphas, axis=-1))  # (B, h, w)
+        return cams, chosen, tf.nn.softmax(scores)
+
+    return compute
+
+
 class GradCam:
     """Batched Grad-CAM for one model, compiled once and reused for every batch.
 
@@ -103,35 +198,11 @@ class GradCam:
     """
 
     def __init__(self, model: keras.Model, layer_name: str = LAST_RESIDUAL_LAYER):
-        linear = linear_copy(model)
         self.layer_name = layer_name
         self.input_size = tuple(int(s) for s in model.input_shape[1:3])
-        self._model = keras.Model(
-            linear.inputs, [linear.get_layer(layer_name).output, linear.output]
+        self._compute = compiled_for(
+            model, ("gradcam", layer_name), lambda: _compiled_gradcam(model, layer_name)
         )
-
-        @tf.function(reduce_retracing=True)
-        def compute(images, classes, weights):
-            with tf.GradientTape() as tape:
-                features, scores = self._model(images, training=False)
-                scores = tf.cast(scores, tf.float32)  # float32 even under mixed precision
-                chosen = tf.where(
-                    classes < 0, tf.argmax(scores, axis=-1, output_type=tf.int32), classes
-                )
-                # one class (one-hot weights) or a weighted sum of the class scores
-                weights = tf.where(
-                    tf.reduce_any(tf.math.is_nan(weights), axis=-1, keepdims=True),
-                    tf.one_hot(chosen, tf.shape(scores)[-1]),
-                    weights,
-                )
-                target = tf.reduce_sum(scores * weights, axis=-1)
-            gradients = tf.cast(tape.gradient(target, features), tf.float32)
-            features = tf.cast(features, tf.float32)
-            alphas = tf.reduce_mean(gradients, axis=(1, 2), keepdims=True)  # alpha_k^c
-            cams = tf.nn.relu(tf.reduce_sum(features * alphas, axis=-1))  # (B, h, w)
-            return cams, chosen, tf.nn.softmax(scores)
-
-        self._compute = compute
 
     def __call__(self, images, classes=None, expand: bool = True, weights=None) -> CamResult:
         images = tf.convert_to_tensor(images, tf.float32)

@@ -223,7 +223,7 @@ SANITY_THRESHOLD = 0.5  # |rank correlation| above this with a random network: t
 
 
 def map_ssim(first: np.ndarray, second: np.ndarray) -> float:
-
+    """Structural similarity of two maps in [0, 1]."""
     return float(structural_similarity(first, second, data_range=1.0))
 
 
@@ -319,12 +319,10 @@ def estimate_dense_mask(
     Inside the breast (pectoral excluded), eroded away from the skin line by 2 %
     of the image width, the intensities are split into ``classes`` clusters by
     Otsu's threshold (multi-level Otsu for classes > 2, scikit-image); the
-    brightest cluster is called dense. Two classes worked best on the phantoms
-    (version-1 phantoms: Dice 0.95 with the true masks on 80 validation images, against 0.75 for
-    three). Like LIBRA it relies on dense tissue being brighter than fat after
-    the image's own processing; it is an estimate, not a ground truth.
+    brightest cluster is called dense. Two classes matched the phantoms' true
+    masks better than three. Like LIBRA it relies on dense tissue being brighter
+    than fat after the image's own processing; it is an estimate, not a ground truth.
     """
-
     region = scoring_region(image, projection)
     radius = max(1, round(0.02 * image.shape[1]))
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
@@ -387,7 +385,6 @@ class PreparedImage:
 
 def prepare_image(record, projection: str, size, mask_path=None) -> PreparedImage:
     """Read an image (and its mask, if the file exists; else estimate one)."""
-
     gray = read_grayscale(record.path)
     original = np.uint8(np.round(gray))
     region = scoring_region(original, projection)
@@ -439,7 +436,6 @@ def network_input(resized: np.ndarray) -> np.ndarray:
 
 def score_image(explainer, image: PreparedImage, methods, fidelity_steps: int = 20):
     """One row of ``explanation_scores.csv`` per method, and the maps (S, S) by method."""
-
     inputs = network_input(image.resized)
     probabilities = explainer.model.predict(inputs, verbose=0)[0]
     predicted = int(np.argmax(probabilities))

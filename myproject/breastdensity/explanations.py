@@ -17,21 +17,27 @@ scorecam          Faster Score-CAM: masks the input with the ``max_channels``
                   strongest feature maps, weights them by the class
                   probability they keep (tf-keras-vis)
 layercam          Layer-CAM: pixel-wise positive-gradient weights (tf-keras-vis)
-saliency          vanilla gradient |d y_c / d x| (tf-keras-vis)
-smoothgrad        saliency averaged over noisy copies of the image (tf-keras-vis)
-integrated_gradients  path integral of gradients from a baseline (written
-                  here: no maintained TF 2.21 library offers it)
+saliency          vanilla gradient |d y_c / d x|, its largest channel (as
+                  tf-keras-vis' Saliency)
+smoothgrad        saliency averaged over noisy copies of the image
+integrated_gradients  path integral of the gradients from the zero
+                  baseline (the image's mean gray), right Riemann sum of
+                  ``ig_steps`` points
 occlusion         drop of the class probability when a patch is hidden
-                  (written here, same reason)
+                  (written here: no maintained TF 2.21 library offers it)
 backprop, deconvolution, gradient_input, ig_black, ig_black_white,
 expected_gradients, and sg_<m> / sg2_<m> (SmoothGrad and SmoothGrad
 squared of any of them): the thesis' and the poster's gradient
-                  attributions, batched and compiled
-                  (``breastdensity.attributions``); backprop is the
-                  gradient of the gray pixel (sum over the 3 channels),
-                  where saliency takes the largest channel (tf-keras-vis)
+                  attributions; backprop is the gradient of the gray
+                  pixel (sum over the 3 channels), where saliency takes
+                  the largest channel
 random            uniform noise: the floor every method must beat
 ================  ==========================================================
+
+Every gradient method (saliency, smoothgrad, integrated_gradients and the
+thesis' and poster's) is computed by one batched, compiled engine,
+``breastdensity.attributions``, where their variants are options (reference,
+Riemann rule, smoothing).
 
 The gradient methods use the pre-softmax score (see ``breastdensity.cam``);
 Score-CAM and occlusion use the softmax probability, as their papers do.
@@ -42,18 +48,23 @@ from __future__ import annotations
 from pathlib import Path
 
 import cv2
+import keras
 import matplotlib.pyplot as plt
 import numpy as np
-import tensorflow as tf
 from tf_keras_vis.gradcam_plus_plus import GradcamPlusPlus
 from tf_keras_vis.layercam import Layercam
-from tf_keras_vis.saliency import Saliency
 from tf_keras_vis.scorecam import Scorecam
-from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 from tf_keras_vis.utils.scores import CategoricalScore
 
-from .attributions import GRADIENT_METHODS, GradientAttributions
-from .cam import DENSITY_WEIGHTS, GradCam, linear_copy, normalize_maps, overlay, to_image_size
+from .attributions import CLASSIC_METHODS, GRADIENT_METHODS, GradientAttributions
+from .cam import (
+    DENSITY_WEIGHTS,
+    GradCam,
+    normalize_maps,
+    overlay,
+    score_model,
+    to_image_size,
+)
 from .network import DENSITY_MAP_LAYER, LAST_RESIDUAL_LAYER
 
 METHODS = (
@@ -107,6 +118,18 @@ METHOD_NAMES = {
 }
 
 
+class ScoreCamModel(keras.Model):
+    """A model as tf-keras-vis' Score-CAM uses it: inputs as a list, ``predict`` without progress bar.
+
+    Score-CAM calls ``model.predict([images])``: with a single (not listed) input
+    Keras warns about the structure at every call, and ``predict`` draws a
+    progress bar per image.
+    """
+
+    def predict(self, x, **kwargs):
+        return super().predict(x, **{**kwargs, "verbose": 0})
+
+
 class Explainer:
     """All explanation methods for one model; library objects are built once and reused.
 
@@ -116,7 +139,7 @@ class Explainer:
         score_cam_max_channels: Faster Score-CAM keeps this many feature maps.
         smooth_samples, smooth_noise: SmoothGrad's noisy copies and their
             noise level (fraction of the image's value range).
-        ig_steps: Riemann steps of Integrated Gradients.
+        ig_steps: Riemann steps of Integrated Gradients (every variant).
         occlusion_patch, occlusion_stride: patch side and step, as fractions
             of the image side.
         seed: of the random baseline and SmoothGrad's noise.
@@ -153,8 +176,6 @@ class Explainer:
         # (a fixed map would look perfectly "robust" and "stable").
         self._random = np.random.default_rng(seed)
         self._gradcam = GradCam(model, layer_name)
-        self._density_cam = None  # built on first use
-        self._linear = linear_copy(model)
         self._library = {}
         self.attributions = GradientAttributions(
             model,
@@ -172,13 +193,16 @@ class Explainer:
         return self.model.predict(images, verbose=0, batch_size=8).argmax(axis=1)
 
     def _vis(self, name):
-        """tf-keras-vis objects, created on first use (each clones the model once)."""
+        """tf-keras-vis objects, created on first use, on models built from this model's
+        layers (no copy): the pre-softmax scores for Grad-CAM++ and Layer-CAM, the softmax
+        for Score-CAM (``ScoreCamModel``)."""
         if name not in self._library:
             factories = {
-                "gradcam++": lambda: GradcamPlusPlus(self.model, ReplaceToLinear(), clone=True),
-                "layercam": lambda: Layercam(self.model, ReplaceToLinear(), clone=True),
-                "saliency": lambda: Saliency(self.model, ReplaceToLinear(), clone=True),
-                "scorecam": lambda: Scorecam(self.model, clone=True),  # softmax scores
+                "gradcam++": lambda: GradcamPlusPlus(score_model(self.model), clone=False),
+                "layercam": lambda: Layercam(score_model(self.model), clone=False),
+                "scorecam": lambda: Scorecam(
+                    ScoreCamModel([self.model.input], self.model.output), clone=False
+                ),
             }
             self._library[name] = factories[name]()
         return self._library[name]
@@ -200,34 +224,14 @@ class Explainer:
         if method == "gradcam":
             maps = self._gradcam(images, classes).maps
         elif method == "density_gradcam":
-            if self._density_cam is None:
-                self._density_cam = GradCam(self.model, DENSITY_MAP_LAYER)
-            maps = self._density_cam(images, weights=DENSITY_WEIGHTS).maps
+            maps = GradCam(self.model, DENSITY_MAP_LAYER)(images, weights=DENSITY_WEIGHTS).maps
         elif method in ("gradcam++", "layercam"):
             maps = self._vis(method)(score, images, **cam_options)
         elif method == "scorecam":
             maps = self._vis(method)(
                 score, images, max_N=self.score_cam_max_channels, **cam_options
             )
-        elif method == "saliency":
-            maps = self._vis(method)(score, images)
-        elif method == "smoothgrad":
-            # tf-keras-vis draws the noise from numpy's global generator: seed it for this
-            # call (same image, same map) and leave the caller's random state as it was.
-            state = np.random.get_state()  # noqa: NPY002 (the library uses the legacy API)
-            np.random.seed(self.seed)  # noqa: NPY002
-            try:
-                maps = self._vis("saliency")(
-                    score,
-                    images,
-                    smooth_samples=self.smooth_samples,
-                    smooth_noise=self.smooth_noise,
-                )
-            finally:
-                np.random.set_state(state)  # noqa: NPY002
-        elif method == "integrated_gradients":
-            maps = integrated_gradients(self._linear, images, classes, steps=self.ig_steps)
-        elif method in GRADIENT_METHODS:
+        elif method in (*CLASSIC_METHODS, *GRADIENT_METHODS):
             maps = self.attributions.maps(method, images, classes)
         elif method == "occlusion":
             maps = occlusion_sensitivity(
@@ -237,47 +241,6 @@ class Explainer:
             maps = self._random.random((len(images), *self.size))
         maps = np.nan_to_num(np.asarray(maps, np.float32).reshape(len(images), *self.size))
         return normalize_maps(maps).astype(np.float32)
-
-
-def integrated_gradients(linear_model, images, classes, steps: int = 32, baseline=None):
-    """Integrated Gradients (Sundararajan et al., 2017), per pixel.
-
-    ``IG_i = (x_i - b_i) * mean_{k=1..m} d y_c / d x_i (b + k/m (x - b))``, summed over the
-    three (identical) channels, absolute value. Baseline b: zeros, i.e. an image
-    equal everywhere to its mean gray, since inputs are mean-centred.
-    ``sum_i IG_i`` approximates ``y_c(x) - y_c(b)`` (completeness).
-
-    Args:
-        linear_model: the classifier with a linear last activation (scores, not probabilities).
-        images: (B, H, W, 3) preprocessed.
-        classes: (B,) class of each image.
-        steps: m, points on the straight path.
-        baseline: (H, W, 3) or None for zeros.
-
-    Returns:
-        (B, H, W) attribution magnitudes (not normalised).
-    """
-    attributions = signed_integrated_gradients(linear_model, images, classes, steps, baseline)
-    return np.abs(attributions.sum(axis=-1))
-
-
-def signed_integrated_gradients(linear_model, images, classes, steps=32, baseline=None):
-    """(B, H, W, 3) signed Integrated Gradients (see ``integrated_gradients``)."""
-    images = tf.convert_to_tensor(images, tf.float32)
-    baseline = tf.zeros_like(images[0]) if baseline is None else tf.convert_to_tensor(baseline)
-    alphas = (tf.range(steps, dtype=tf.float32) + 1.0) / steps  # right Riemann sum
-    results = []
-    for image, target in zip(images, classes, strict=True):
-        path = baseline[None] + alphas[:, None, None, None] * (image - baseline)[None]
-        total = tf.zeros_like(image)
-        for start in range(0, steps, 8):  # at most 8 path points per forward pass
-            chunk = path[start : start + 8]
-            with tf.GradientTape() as tape:
-                tape.watch(chunk)
-                scores = linear_model(chunk, training=False)[:, int(target)]
-            total += tf.reduce_sum(tape.gradient(scores, chunk), axis=0)
-        results.append(((image - baseline) * total / steps).numpy())
-    return np.stack(results)
 
 
 def occlusion_sensitivity(model, images, classes, patch: float = 0.125, stride: float = 0.0625):
@@ -324,9 +287,8 @@ __all__ = [
     "METHODS",
     "SLOW_METHODS",
     "Explainer",
-    "integrated_gradients",
     "occlusion_sensitivity",
-    "signed_integrated_gradients",
+    "plot_method_grid",
 ]
 
 
