@@ -38,8 +38,12 @@ def main() -> None:
     import numpy as np
     import tensorflow as tf
 
-    from breastdensity.attributions import BASE_METHODS, CLASSIC_METHODS, GradientAttributions
     from breastdensity.cam import linear_copy
+    from breastdensity.explain.attributions import (
+        BASE_METHODS,
+        CLASSIC_METHODS,
+        GradientAttributions,
+    )
     from breastdensity.network import build_resnet
     from breastdensity.preprocessing import normalize
 

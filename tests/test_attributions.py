@@ -5,15 +5,15 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from breastdensity.attributions import (
+from breastdensity.cam import linear_copy
+from breastdensity.explain.attributions import (
     GradientAttributions,
     GradientMethod,
     deconvnet_copy,
     integrated_gradients,
 )
-from breastdensity.cam import linear_copy
+from breastdensity.explain.regions import segment_regions, xrai_map
 from breastdensity.preprocessing import normalize
-from breastdensity.regions import segment_regions, xrai_map
 
 SIDE = 16
 

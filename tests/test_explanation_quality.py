@@ -13,7 +13,7 @@ from breastdensity.conventions import (
     projection_test_folder,
 )
 from breastdensity.data.phantoms import generate_dataset, make_subject, plan_split
-from breastdensity.explanation_quality import (
+from breastdensity.explain.scoring import (
     best_dice,
     estimate_dense_mask,
     fidelity_curves,

@@ -12,9 +12,9 @@ from tf_keras_vis.saliency import Saliency
 from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 from tf_keras_vis.utils.scores import CategoricalScore
 
-from breastdensity.attributions import GradientAttributions
 from breastdensity.cam import GradCam
-from breastdensity.explanations import METHODS, Explainer, occlusion_sensitivity
+from breastdensity.explain.attributions import GradientAttributions
+from breastdensity.explain.methods import METHODS, Explainer, occlusion_sensitivity
 from breastdensity.network import build_resnet
 
 

@@ -18,7 +18,7 @@ from IPython.core.inputtransformer2 import TransformerManager
 import breastdensity.notebook
 from breastdensity.conventions import PROJECTIONS, list_class_images, projection_test_folder
 from breastdensity.data.phantoms import generate_dataset
-from breastdensity.explanation_quality import SCORE_COLUMNS
+from breastdensity.explain.scoring import SCORE_COLUMNS
 from breastdensity.network import build_resnet
 from breastdensity.predictions import predictions_table, write_predictions
 

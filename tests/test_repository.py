@@ -89,12 +89,14 @@ ALLOWED_IMPORTS = {
     "predictions": FOUNDATION,
     "metrics": FOUNDATION,  # stage 3
     "cam": FOUNDATION,  # stage 4 and the explanation evaluation
-    "explanations": FOUNDATION | {"cam", "attributions"},
-    "attributions": FOUNDATION | {"cam"},  # the poster's gradient attributions
-    "regions": FOUNDATION,  # XRAI-style region maps
-    "attribution_comparison": FOUNDATION
-    | {"cam", "attributions", "regions", "explanation_quality"},
-    "explanation_quality": FOUNDATION | {"cam"},
+    # The explanation wing: the methods, the one gradient engine, and how maps are scored.
+    "explain.__init__": set(),
+    "explain.attributions": FOUNDATION | {"cam"},  # the gradient attribution engine
+    "explain.methods": FOUNDATION | {"cam", "explain.attributions"},  # one Explainer, every method
+    "explain.regions": FOUNDATION,  # XRAI-style region maps
+    "explain.scoring": FOUNDATION | {"cam"},  # maps against masks, fidelity, sanity, robustness
+    "explain.comparison": FOUNDATION
+    | {"cam", "explain.attributions", "explain.regions", "explain.scoring"},
     # The data wing: synthetic phantoms, and the raw DICOM form of them that tests stage 0.
     "data.__init__": set(),
     "data.phantom_model": FOUNDATION,  # image formation and the sampled ranges

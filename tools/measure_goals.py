@@ -41,7 +41,7 @@ MAPS = {"gradcam": "Grad-CAM", "density_gradcam": "density map"}
 
 def goals() -> dict[str, tuple[str, float]]:
     """Each measure's goal: (">=" or "<=", the bound)."""
-    from breastdensity.explanation_quality import SANITY_THRESHOLD
+    from breastdensity.explain.scoring import SANITY_THRESHOLD
 
     table = {
         "subject accuracy": (">=", 0.90),
@@ -97,13 +97,13 @@ def classification(models_root: Path, data: Path, out: Path) -> dict[str, float]
 def maps(models_root: Path, data: Path, out: Path, projection: str = "CC_R") -> dict[str, float]:
     """Grad-CAM, the density map (and random) of one projection's model against the true masks."""
     from breastdensity.cam import to_image_size
-    from breastdensity.explanation_quality import (
+    from breastdensity.explain.methods import Explainer
+    from breastdensity.explain.scoring import (
         DENSITY_SCORE_VALUES,
         fidelity_curves,
         prepare_test_images,
         score_image,
     )
-    from breastdensity.explanations import Explainer
     from breastdensity.inference import load_model
 
     model = load_model(default_model_path(models_root, projection))
@@ -163,8 +163,8 @@ def randomisation(
     networks of the same architecture with random weights (seeds 0 and 1)."""
     import keras
 
-    from breastdensity.explanation_quality import network_input, prepare_test_images, sanity_check
-    from breastdensity.explanations import Explainer
+    from breastdensity.explain.methods import Explainer
+    from breastdensity.explain.scoring import network_input, prepare_test_images, sanity_check
     from breastdensity.inference import load_model
     from breastdensity.network import build_resnet
 

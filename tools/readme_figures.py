@@ -67,8 +67,8 @@ def overlay_grid(maps_dir: Path, target: Path) -> None:
 def maps_against_truth(root: Path, target: Path, projection: str = "CC_R") -> None:
     """Grad-CAM and the density map of one shipped image per class, the true dense tissue outlined."""
     from breastdensity.cam import to_image_size
-    from breastdensity.explanation_quality import network_input, prepare_test_images
-    from breastdensity.explanations import METHOD_NAMES, Explainer
+    from breastdensity.explain.methods import METHOD_NAMES, Explainer
+    from breastdensity.explain.scoring import network_input, prepare_test_images
     from breastdensity.inference import load_model
 
     model = load_model(default_model_path(root, projection))

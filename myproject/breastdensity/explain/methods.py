@@ -36,7 +36,7 @@ random            uniform noise: the floor every method must beat
 
 Every gradient method (saliency, smoothgrad, integrated_gradients and the
 thesis' and poster's) is computed by one batched, compiled engine,
-``breastdensity.attributions``, where their variants are options (reference,
+``breastdensity.explain.attributions``, where their variants are options (reference,
 Riemann rule, smoothing).
 
 The gradient methods use the pre-softmax score (see ``breastdensity.cam``);
@@ -56,8 +56,7 @@ from tf_keras_vis.layercam import Layercam
 from tf_keras_vis.scorecam import Scorecam
 from tf_keras_vis.utils.scores import CategoricalScore
 
-from .attributions import CLASSIC_METHODS, GRADIENT_METHODS, GradientAttributions
-from .cam import (
+from ..cam import (
     DENSITY_WEIGHTS,
     GradCam,
     normalize_maps,
@@ -65,7 +64,8 @@ from .cam import (
     score_model,
     to_image_size,
 )
-from .network import DENSITY_MAP_LAYER, LAST_RESIDUAL_LAYER
+from ..network import DENSITY_MAP_LAYER, LAST_RESIDUAL_LAYER
+from .attributions import CLASSIC_METHODS, GRADIENT_METHODS, GradientAttributions
 
 METHODS = (
     "gradcam",
@@ -88,7 +88,7 @@ SLOW_METHODS = (
     *(m for m in GRADIENT_METHODS if m.startswith(("ig_", "expected_", "sg_", "sg2_"))),
 )
 # The methods the evaluation notebook scores by default; the poster's gradient
-# attributions have their own comparison (``attribution_comparison``). The
+# attributions have their own comparison (``comparison``). The
 # density map explains another score than the class, so it is scored apart
 # (``tools/measure_goals.py``); ask for it with methods=[..., "density_gradcam"].
 SCORED_METHODS = tuple(m for m in METHODS if m not in (*GRADIENT_METHODS, "density_gradcam"))

@@ -28,9 +28,9 @@ from skimage.filters import threshold_multiotsu
 from skimage.metrics import structural_similarity
 from sklearn.metrics import roc_auc_score
 
-from .cam import to_image_size
-from .conventions import CLASSES, dense_mask_path, list_class_images, projection_test_folder
-from .preprocessing import normalize, read_grayscale, read_mask, resize
+from ..cam import to_image_size
+from ..conventions import CLASSES, dense_mask_path, list_class_images, projection_test_folder
+from ..preprocessing import normalize, read_grayscale, read_mask, resize
 
 # ----------------------------------------------------------------------------
 # Where to score: the breast without the pectoral muscle

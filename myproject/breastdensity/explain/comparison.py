@@ -18,12 +18,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from ..cam import normalize_maps, to_image_size
+from ..conventions import CLASSES
+from ..files import atomic_write
 from .attributions import SMOOTHINGS, GradientAttributions
-from .cam import normalize_maps, to_image_size
-from .conventions import CLASSES
-from .explanation_quality import PreparedImage, best_dice, fidelity_curves, network_input, roc_auc
-from .files import atomic_write
 from .regions import segment_regions, xrai_map
+from .scoring import PreparedImage, best_dice, fidelity_curves, network_input, roc_auc
 
 POSTER_METHODS = {
     "backprop": "BP",
@@ -76,7 +76,7 @@ def compare_image(
     Every map explains the predicted class. Region maps are ``regions.xrai_map``
     of the pixel map on the segments of the network-size image. ROC AUC and best
     Dice are computed at the original size inside the breast (as
-    ``explanation_quality.score_image`` does), deletion on the network input.
+    ``scoring.score_image`` does), deletion on the network input.
     """
     model = attributions.model
     inputs = network_input(image.resized)

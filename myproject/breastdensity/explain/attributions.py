@@ -67,9 +67,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from .cam import compiled_for, input_spec, score_model, scores_layer
-from .conventions import is_image_file
-from .preprocessing import load_image
+from ..cam import compiled_for, input_spec, score_model, scores_layer
+from ..conventions import is_image_file
+from ..preprocessing import load_image
 
 # ----------------------------------------------------------------------------
 # The methods: which samples, which backward rule
