@@ -1,6 +1,6 @@
 """Figures of the README, assembled from what the pipeline wrote.
 
-    python tools/readme_figures.py --maps myproject/MAPS --evaluation runs/eval/Prediction
+    python tools/readme_figures.py            # after stage 4 wrote myproject/MAPS/
 
 * ``docs/figures/phantoms_grid.png``: one shipped synthetic subject per class
   (rows) and projection (columns) with its dense-tissue mask contour;
@@ -8,15 +8,12 @@
   projection (columns), from the stage-4 output folder;
 * ``docs/figures/maps_vs_truth.png``: Grad-CAM of the predicted class and the
   density map of the shipped CC_R model against the true dense tissue, one
-  shipped image per class;
-* ``docs/figures/confusionmatrix_total.png``: the subject-level confusion matrices
-  of the quality evaluation, copied from its stage-3 output.
+  shipped image per class.
 """
 
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 
 import cv2
@@ -109,11 +106,6 @@ def maps_against_truth(root: Path, target: Path, projection: str = "CC_R") -> No
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--maps", type=Path, default=REPO / "myproject" / "MAPS")
-    parser.add_argument(
-        "--evaluation",
-        type=Path,
-        help="stage-3 output of the quality evaluation (its subject-level confusion matrix is copied)",
-    )
     parser.add_argument("--out", type=Path, default=REPO / "docs" / "figures")
     args = parser.parse_args()
     matplotlib.use("Agg")  # files only, no windows
@@ -124,11 +116,6 @@ def main() -> None:
     plot_examples(REPO / "myproject", args.out / "phantoms_grid.png")  # shipped TestSet + manifest
     overlay_grid(args.maps, args.out / "gradcam_overlays.png")
     maps_against_truth(REPO / "myproject", args.out / "maps_vs_truth.png")
-    if args.evaluation is not None:
-        shutil.copy(
-            args.evaluation / "CONFUSION_MATRICES" / "confusionmatrix_total.png",
-            args.out / "confusionmatrix_total.png",
-        )
     print(f"figures in {args.out}")
 
 
