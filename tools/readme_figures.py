@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import cv2
 import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
@@ -33,30 +32,54 @@ from breastdensity.quiet import quiet_tensorflow
 REPO = Path(__file__).resolve().parents[1]
 
 
-def overlay_grid(maps_dir: Path, target: Path) -> None:
-    """The stage-4 overlay figures (each titled, with its colour bar), one per class and projection."""
-    from breastdensity.cam import cam_file_names
+def overlay_grid(maps_dir: Path, target: Path, root: Path = REPO / "myproject") -> None:
+    """Grad-CAM of the predicted class on one test image per class (rows) and projection (columns).
 
-    figure, axes = plt.subplots(len(CLASSES), len(PROJECTIONS), figsize=(11, 14.5))
-    for row, label in enumerate(CLASSES):
-        for column, projection in enumerate(PROJECTIONS):
+    The images are those stage 4 mapped first (its ``cam_summary.csv``); the maps are computed
+    again here so that all sixteen panels share one colour bar and short titles stay readable.
+    """
+    from breastdensity.cam import GradCam, to_image_size
+    from breastdensity.inference import load_model
+    from breastdensity.preprocessing import load_image, model_image_size, read_grayscale
+
+    figure, axes = plt.subplots(
+        len(CLASSES), len(PROJECTIONS), figsize=(10, 11.5), squeeze=False, layout="constrained"
+    )
+    shown = None
+    for column, projection in enumerate(PROJECTIONS):
+        model = load_model(default_model_path(root, projection))
+        grad_cam, size = GradCam(model), model_image_size(model)
+        summary = pd.read_csv(maps_dir / projection / "cam_summary.csv")
+        for row, label in enumerate(CLASSES):
             axis = axes[row, column]
-            axis.axis("off")
-            summary = pd.read_csv(maps_dir / projection / "cam_summary.csv")
+            axis.set_xticks([])
+            axis.set_yticks([])
             chosen = summary[(summary.true_label == label) & (summary.status == "written")]
             if chosen.empty:
                 continue
-            entry = chosen.iloc[0]
-            # the overlay's name does not depend on the input size
-            name = cam_file_names(entry.predicted_label, Path(entry.file).stem, size=0)["overlay"]
-            picture = cv2.imread(str(maps_dir / projection / label / name))
-            axis.imshow(cv2.cvtColor(picture, cv2.COLOR_BGR2RGB))
+            path = root / "TestSet" / projection / "test" / label / chosen.iloc[0].file
+            result = grad_cam(load_image(path, size)[None])  # maps (1, H, W) in [0, 1]
+            gray = read_grayscale(path)  # (h, w), the image's real aspect
+            cam = to_image_size(result.maps[0], gray.shape)
+            predicted = CLASSES[int(result.classes[0])]
+            probability = float(result.probabilities[0][result.classes[0]])
+            axis.imshow(gray, cmap="gray", vmin=0, vmax=255)
+            shown = axis.imshow(cam, cmap="jet", vmin=0, vmax=1, alpha=0.45)
+            axis.set_title(f"true {label}, predicted {predicted} ({probability:.2f})", fontsize=9)
+            if row == 0:
+                axis.set_title(f"{projection}\n" + axis.get_title(), fontsize=10)
+    if shown is not None:
+        opaque = matplotlib.cm.ScalarMappable(shown.norm, shown.cmap)  # without the overlay's alpha
+        figure.colorbar(
+            opaque,
+            ax=axes,
+            shrink=0.5,
+            label="Grad-CAM of the predicted class (1 = the map's maximum)",
+        )
     figure.suptitle(
-        "Grad-CAM of the predicted class (shipped models, shipped TestSet): one image per true class "
-        "(rows) and projection (columns)",
+        "Grad-CAM of the predicted class: the shipped models on one test phantom per true class",
         fontsize=11,
     )
-    figure.tight_layout()
     figure.savefig(target, dpi=90)
     plt.close(figure)
 

@@ -33,6 +33,7 @@ as fine. ``GradCam(model, DENSITY_MAP_LAYER)(images, weights=DENSITY_WEIGHTS)``.
 
 from __future__ import annotations
 
+import logging
 import re
 import weakref
 from dataclasses import dataclass
@@ -107,8 +108,31 @@ def score_model(model: keras.Model, layer_name: str | None = None) -> keras.Mode
 _COMPILED = weakref.WeakKeyDictionary()
 
 
+class _OneTracePerModel(logging.Filter):
+    """Drops TensorFlow's retracing advice about these per-model compiled functions, only.
+
+    TensorFlow counts traces per Python code object, so the function compiled for a
+    second, third ... model (a new closure of the same code) looks to it like a retrace
+    of one function; after five it prints a paragraph advising to define the function
+    outside the loop. Each model's function is traced once (one input signature, any
+    batch size), so the advice does not apply; any other retracing still shows.
+    """
+
+    NAMES = ("_compiled_gradcam", "_compiled_attribution")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return "triggered tf.function retracing" not in message or not any(
+            f"{name}.<locals>" in message for name in self.NAMES
+        )
+
+
+_ONE_TRACE_PER_MODEL = _OneTracePerModel()
+
+
 def compiled_for(model: keras.Model, key, build):
     """``build()`` (a ``tf.function``) for ``model``, made once per model and ``key``."""
+    tf.get_logger().addFilter(_ONE_TRACE_PER_MODEL)  # once: a logger holds a filter once
     functions = _COMPILED.setdefault(model, {})
     if key not in functions:
         functions[key] = build()
