@@ -84,6 +84,10 @@ ALLOWED_IMPORTS = {
     "network": {"conventions"},
     "preprocessing": {"conventions", "files"},
     "training": FOUNDATION,  # stage 1
+    "backbones": {
+        "conventions",
+        "network",
+    },  # every network that can be trained; ResNet is network's
     "run_folder": FOUNDATION,  # stage 1: a run's model folder (fresh, resume, finished, lock)
     "inference": FOUNDATION,  # stage 2
     "predictions": FOUNDATION,
@@ -95,6 +99,7 @@ ALLOWED_IMPORTS = {
     "explain.methods": FOUNDATION | {"cam", "explain.attributions"},  # one Explainer, every method
     "explain.regions": FOUNDATION,  # XRAI-style region maps
     "explain.scoring": FOUNDATION | {"cam"},  # maps against masks, fidelity, sanity, robustness
+    "explain.transformer": FOUNDATION | {"backbones"},  # a ViT's token Grad-CAM, rollout, Chefer
     "explain.comparison": FOUNDATION
     | {"cam", "explain.attributions", "explain.regions", "explain.scoring"},
     # The data wing: synthetic phantoms, and the raw DICOM form of them that tests stage 0.
