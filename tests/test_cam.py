@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import known_head_network
+from conftest import known_head_network, quadrant_images
 from tf_keras_vis.gradcam import Gradcam
 from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 from tf_keras_vis.utils.scores import CategoricalScore
@@ -22,16 +22,6 @@ from breastdensity.cam import (
     viewable,
 )
 from breastdensity.network import DENSITY_MAP_LAYER, LAST_RESIDUAL_LAYER
-
-
-def quadrant_images(rng, labels, size=96):
-    """Class k = a bright blob in quadrant k: a task a few epochs can learn."""
-    images = rng.normal(0, 0.1, size=(len(labels), size, size, 3)).astype("float32")
-    half = size // 2
-    for image, label in zip(images, labels, strict=True):
-        row, col = divmod(label, 2)
-        image[row * half + 8 : row * half + 40, col * half + 8 : col * half + 40] += 1.0
-    return images
 
 
 @pytest.fixture(scope="module")

@@ -6,8 +6,7 @@ import warnings
 import keras
 import numpy as np
 import pytest
-from conftest import corner_model
-from test_cam import quadrant_images
+from conftest import corner_model, quadrant_images
 from tf_keras_vis.saliency import Saliency
 from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 from tf_keras_vis.utils.scores import CategoricalScore

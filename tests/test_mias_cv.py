@@ -6,7 +6,7 @@ import cv2
 import mias_cv
 import pandas as pd
 import pytest
-from test_stage0_films import synthetic_film
+from conftest import synthetic_film
 
 LEVELS = "FFGGDDFFGGDDFFGGDDFF"  # 10 women, both films of a woman one level
 

@@ -1,9 +1,13 @@
 """Stage 2 and every model loader against bad input: model files, checkpoints, test images.
 
-Each case must end in the project's error naming the file and saying what to do (exit status 2
-for the script), never in a traceback, an allocation of gigabytes or a silent result.
+Model files that are not models, are too large or give non-finite probabilities; a model
+applied to another projection's images; an unwritable output folder; and the provenance
+every prediction file records of its model. Each case must end in the project's error naming
+the file and saying what to do (exit status 2 for the script), never in a traceback, an
+allocation of gigabytes or a silent result.
 """
 
+import hashlib
 import json
 import shutil
 import zipfile
@@ -11,14 +15,16 @@ import zipfile
 import h5py
 import keras
 import numpy as np
+import pandas as pd
 import Prediction_ResNet
 import pytest
 
 import breastdensity.inference as inference
-from breastdensity.conventions import DatasetError, best_checkpoint
+from breastdensity.conventions import DatasetError, best_checkpoint, list_class_images
 from breastdensity.data.phantoms import generate_dataset
 from breastdensity.files import MAX_IMAGE_PIXELS
-from breastdensity.inference import load_keras_file, load_model
+from breastdensity.inference import check_projection_match, load_keras_file, load_model
+from breastdensity.predictions import PROVENANCE_COLUMNS, csv_path
 from breastdensity.preprocessing import ImageReadError, read_grayscale
 
 
@@ -47,6 +53,21 @@ def test_root(tmp_path_factory):
 def predict(test_root, output_dir, *extra):
     arguments = ["--test-root", test_root, "--output-dir", output_dir, "--projection", "CC_R"]
     return Prediction_ResNet.main([*map(str, arguments), *map(str, extra)])
+
+
+def predict_with(models_root, test_root, output_dir, *extra):
+    """Prediction_ResNet.py with a --models-root and the projection left to ``extra``."""
+    return Prediction_ResNet.main(
+        [
+            "--models-root",
+            str(models_root),
+            "--test-root",
+            str(test_root),
+            "--output-dir",
+            str(output_dir),
+            *map(str, extra),
+        ]
+    )
 
 
 def rezip(source, target, replace=None, extra=None, compression=zipfile.ZIP_STORED):
@@ -133,6 +154,46 @@ class TestModelFiles:
         assert f"{path}: the model has no fixed input size" in error
         assert "Traceback" not in error and not (tmp_path / "P").exists()
 
+    def test_unreadable_model_file_and_folder_given_as_model(self, data, tmp_path, capsys):
+        (tmp_path / "random.keras").write_bytes(np.random.default_rng(0).bytes(2000))
+        arguments = ("--projection", "CC_R", "--model")
+        assert (
+            predict_with(
+                tmp_path, data / "TestSet", tmp_path / "P", *arguments, tmp_path / "random.keras"
+            )
+            == 2
+        )
+        error = capsys.readouterr().err
+        assert "random.keras" in error and "not a Keras model file" in error
+        assert "not found" not in error.lower()
+        assert predict_with(tmp_path, data / "TestSet", tmp_path / "P", *arguments, tmp_path) == 2
+        assert "is a folder" in capsys.readouterr().err
+
+    def test_prediction_refuses_non_finite_probabilities(self, data, tmp_path, capsys):
+        nan_model = keras.Sequential(
+            [
+                keras.Input((64, 64, 3)),
+                keras.layers.GlobalAveragePooling2D(),
+                keras.layers.Dense(
+                    4, "softmax", kernel_initializer=keras.initializers.Constant(np.nan)
+                ),
+            ]
+        )
+        nan_model.save(tmp_path / "nan.keras")
+        status = predict_with(
+            tmp_path,
+            data / "TestSet",
+            tmp_path / "P",
+            "--projection",
+            "CC_R",
+            "--model",
+            tmp_path / "nan.keras",
+        )
+        assert status == 2
+        error = capsys.readouterr().err
+        assert "nan.keras" in error and "not finite" in error
+        assert not (tmp_path / "P").exists()
+
 
 class TestCheckpointNames:
     def test_a_stray_file_beside_the_checkpoints_is_named_and_ignored(
@@ -216,3 +277,59 @@ class TestImages:
         assert predict(test_root, tmp_path / "P", "--model", good_model) == 2
         error = capsys.readouterr().err
         assert "_CC_R.png: cannot read the image (RuntimeError: a library failed)" in error
+
+
+# ----------------------------------------------------------------------------
+# Which model, for which projection
+# ----------------------------------------------------------------------------
+
+
+class TestProvenanceAndProjection:
+    def test_prediction_files_record_the_model(self, data, models, tmp_path):
+        assert (
+            predict_with(models / "set1", data / "TestSet", tmp_path / "P", "--projection", "CC_R")
+            == 0
+        )
+        table = pd.read_csv(csv_path(tmp_path / "P", "CC_R"))
+        model_file = models / "set1" / "CC_R_model" / "final_weights.keras"
+        assert set(PROVENANCE_COLUMNS) <= set(table.columns)
+        assert ((tmp_path / "P" / table["model"]).map(lambda p: p.resolve()) == model_file).all()
+        assert (table["model_sha256"] == hashlib.sha256(model_file.read_bytes()).hexdigest()).all()
+        assert (table["model_projection"] == "CC_R").all() and (table["projection"] == "CC_R").all()
+
+    def test_model_applied_to_another_projection(self, data, models, tmp_path, capsys):
+        cc_r = models / "set1" / "CC_R_model" / "final_weights.keras"
+        arguments = ("--projection", "CC_L", "--model", cc_r)
+        assert predict_with(models, data / "TestSet", tmp_path / "P", *arguments) == 2
+        error = capsys.readouterr().err
+        assert "trained on CC_R" in error and "--allow-projection-mismatch" in error
+        assert not (tmp_path / "P").exists()
+        cc_l_images = list_class_images(data / "TestSet" / "CC_L" / "test")
+        assert check_projection_match(cc_r, cc_l_images, "CC_L", allow_mismatch=True) == "CC_R"
+
+    def test_images_of_another_projection(self, data, models):
+        cc_r_images = list_class_images(data / "TestSet" / "CC_R" / "test")
+        mlo_l = models / "set1" / "MLO_L_model" / "final_weights.keras"
+        flag = "allow_projection_mismatch=True"  # as the notebook names it
+        with pytest.raises(DatasetError, match=f"4 of 4 images are named as CC_R.*{flag}"):
+            check_projection_match(mlo_l, cc_r_images, "MLO_L", flag=flag)
+
+
+# ----------------------------------------------------------------------------
+# The output folder
+# ----------------------------------------------------------------------------
+
+
+class TestOutputFolder:
+    def test_unwritable_prediction_folder_is_found_before_predicting(
+        self, data, models, tmp_path, monkeypatch, capsys
+    ):
+        def never(*args, **kwargs):
+            raise AssertionError("predicted although the output folder is unwritable")
+
+        monkeypatch.setattr(inference, "predict_records", never)
+        (tmp_path / "file").write_text("")
+        status = predict_with(
+            models / "set1", data / "TestSet", tmp_path / "file" / "P", "--projection", "all"
+        )
+        assert status == 2 and "cannot write" in capsys.readouterr().err

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import Preprocess_Mammograms
 import pytest
+from conftest import synthetic_film
 
 from breastdensity.data.label_tables import MIAS_DENSITY
 
@@ -32,38 +33,6 @@ mdb005 F CALC M 300 600 40
 mdb006 F CALC B
 =================================================================
 """
-FILM = 256  # the synthetic films' height (MIAS: 1024)
-PAD = 40  # black columns either side of the film (MIAS centres and pads its films)
-
-
-def synthetic_film(seed: int, right: bool) -> tuple[np.ndarray, np.ndarray]:
-    """(8-bit film, true breast mask) like a mini-MIAS MLO film.
-
-    Zero padding left and right, crossed by a scanner line; a film background of
-    dark noise, partly clipped to 0 (as scanned films are), its unexposed edge
-    bright; a bright film label in the background; the breast a half-ellipse against the chest-wall edge (right for
-    a right breast).
-    """
-    rng = np.random.default_rng(seed)
-    width = FILM - 2 * PAD
-    film = np.clip(rng.normal(14, 6, (FILM, width)), 0, 255)
-    film[: FILM // 3, : width // 3] = 0  # a clipped corner: a flat 0 that is not a mask
-    rows, columns = np.mgrid[0:FILM, 0:width]
-    chest = width - 1 if right else 0
-    inside = ((columns - chest) / (0.75 * width)) ** 2 + ((rows - FILM / 2) / (0.45 * FILM)) ** 2
-    breast = inside <= 1.0
-    tissue = 90 + 70 * (1 - inside) + rng.normal(0, 4, (FILM, width))
-    film[breast] = tissue[breast]
-    label_columns = slice(8, 40) if right else slice(width - 40, width - 8)
-    film[10:22, label_columns] = 245  # "R MLO" burned in, away from the breast
-    edge = slice(0, 3) if right else slice(width - 3, width)
-    film[:, edge] = 200  # the film's unexposed edge on the nipple side
-    image = np.zeros((FILM, FILM), np.uint8)
-    image[:, PAD:-PAD] = np.clip(film, 0, 255).astype(np.uint8)
-    image[FILM - 3, 5 : FILM - 5] = 40  # a scanner line across film and padding
-    mask = np.zeros((FILM, FILM), bool)
-    mask[:, PAD:-PAD] = breast
-    return image, mask
 
 
 @pytest.fixture(scope="module")

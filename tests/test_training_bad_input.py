@@ -1,38 +1,28 @@
-"""Stage 1 (and the raw phantom generator) on bad input: refused with a message, never data lost.
+"""Stage 1, Train_ResNet.py, on bad input: refused with a message, never data lost.
 
-Bad flags and a diverging loss, concurrent runs into one model folder, --resume with
-other settings, from another working directory or with a damaged configuration, a
-finished run resumed, a disk that fills up while a checkpoint is saved, --init-from
-(and the models it cannot use), and the raw phantom generator's --overwrite and
-unwritable output folders.
+Bad flags and a diverging loss, concurrent runs into one model folder, data that is not
+there, --resume with other settings, from another working directory or with a damaged
+configuration, an interrupted first run, a finished run resumed, a disk that is full
+before training or fills up while a checkpoint is saved, --init-from (and the models it
+cannot use).
 """
 
 import errno
 import json
-import os
 import socket
 import subprocess
 
 import keras
-import Make_Phantoms
 import numpy as np
 import pandas as pd
 import pytest
 import Train_ResNet
+from conftest import contents
 
 from breastdensity.conventions import best_checkpoint
-from breastdensity.data.phantoms import generate_dataset
 from breastdensity.files import LOCK_FILE, hold_folder
 from breastdensity.run_folder import describe_differences, setting_differences
 from breastdensity.training import StopOnNonFiniteLoss, TrainingDiverged, make_optimizer
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    """A tiny phantom set: 4 training, 4 validation and 4 test subjects (one per class) at 64 px."""
-    root = tmp_path_factory.mktemp("bad_input_data")
-    generate_dataset(root, (4, 4, 4), (64, 64), seed=3)
-    return root
 
 
 def tiny_model(image_size=64, num_classes=4, cardinality=1, bn_momentum=0.9):
@@ -85,10 +75,6 @@ def interrupted(data_root, models_root, **settings):
     config.update(settings)
     (folder / "training_config.json").write_text(json.dumps(config))
     return folder
-
-
-def contents(folder):
-    return {p.relative_to(folder): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 # ----------------------------------------------------------------------------
@@ -201,6 +187,11 @@ class TestConcurrentRuns:
         assert "does not exist" in capsys.readouterr().err
         assert not (tmp_path / "CC_R_model").exists()
 
+    def test_data_error_leaves_no_empty_model_folder(self, tmp_path, capsys):
+        assert Train_ResNet.main(train_args(tmp_path / "nothing", tmp_path)) == 2
+        assert "does not exist" in capsys.readouterr().err
+        assert not (tmp_path / "CC_R_model").exists()
+
 
 # ----------------------------------------------------------------------------
 # --resume: the settings, the images and the configuration
@@ -255,6 +246,13 @@ class TestResumeSettings:
         assert config["changes_on_resume"] == [
             {"setting": "learning_rate", "before": 0.5, "after": 0.01}
         ]
+
+    def test_interrupted_first_run_points_to_resume(self, data, tmp_path, capsys):
+        folder = tmp_path / "CC_R_model"
+        (folder / "logs").mkdir(parents=True)
+        (folder / "training_config.json").write_text("{}")
+        assert Train_ResNet.main(train_args(data, tmp_path)) == 2
+        assert "--resume" in capsys.readouterr().err
 
 
 class TestResumeData:
@@ -402,7 +400,7 @@ class TestFinishedRun:
 
 
 # ----------------------------------------------------------------------------
-# Full disk while saving
+# Full disk, before training and while saving
 # ----------------------------------------------------------------------------
 
 
@@ -421,6 +419,17 @@ def full_disk_on(monkeypatch, names):
 
 
 class TestFullDisk:
+    def test_full_disk_is_found_before_training(self, data, tmp_path, monkeypatch, capsys):
+        import breastdensity.files
+
+        def full(path):
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+        monkeypatch.setattr(breastdensity.files, "_probe", full)
+        assert Train_ResNet.main(train_args(data, tmp_path / "m")) == 2
+        assert "No space left on device" in capsys.readouterr().err
+        assert not (tmp_path / "m").exists()
+
     def test_full_disk_during_a_checkpoint_leaves_no_cut_file(
         self, data, tmp_path, monkeypatch, capsys, small_network
     ):
@@ -535,112 +544,6 @@ class TestInitFrom:
         error = capsys.readouterr().err
         assert str(model_file) in error and "does not fit the network" in error
         assert "weight arrays" in error or "weight array 1" in error
-
-
-# ----------------------------------------------------------------------------
-# Make_Phantoms.py --raw
-# ----------------------------------------------------------------------------
-
-
-def raw(out, subjects, *extra):
-    return Make_Phantoms.main(
-        ["--raw", "--out", str(out), "--subjects", str(subjects), "0", "0"]
-        + ["--size", "96", "80", "--seed", "3", *extra]
-    )
-
-
-class TestRawPhantoms:
-    def test_overwrite_removes_every_file_of_the_earlier_run(self, tmp_path, capsys):
-        notes = tmp_path / "notes.txt"
-        notes.write_text("mine")
-        assert raw(tmp_path, 2) == 0
-        assert len(list((tmp_path / "RawDICOM").glob("*.dcm"))) == 8
-        assert raw(tmp_path, 1) == 2
-        error = capsys.readouterr().err
-        assert "--overwrite would delete the 32 DICOMs and truth images" in error
-        assert raw(tmp_path, 1, "--overwrite") == 0
-        dicoms = sorted(p.name for p in (tmp_path / "RawDICOM").iterdir())
-        assert dicoms == [f"raw_{i:04d}.dcm" for i in range(4)]
-        assert len(list((tmp_path / "RawTruth").iterdir())) == 12
-        labels = pd.read_csv(tmp_path / "raw_labels.csv")
-        assert sorted(labels["file"]) == dicoms
-        assert len(pd.read_csv(tmp_path / "raw_manifest.csv")) == 4
-        assert notes.read_text() == "mine"  # beside the raw phantoms: kept
-
-    def test_overwrite_deletes_nothing_beside_unknown_files(self, tmp_path, capsys):
-        assert raw(tmp_path, 1) == 0
-        foreign = tmp_path / "RawDICOM" / "scanner_0001.dcm"
-        foreign.write_bytes(b"a real scan")
-        before = contents(tmp_path)
-        assert raw(tmp_path, 1, "--overwrite") == 2
-        error = capsys.readouterr().err
-        assert "scanner_0001.dcm" in error and "nothing is deleted" in error
-        assert contents(tmp_path) == before
-
-    def test_raw_files_without_a_manifest_are_not_deleted(self, tmp_path, capsys):
-        (tmp_path / "RawDICOM").mkdir()
-        (tmp_path / "RawDICOM" / "raw_0000.dcm").write_bytes(b"someone's")
-        assert raw(tmp_path, 1, "--overwrite") == 2
-        assert "no raw_manifest.csv" in capsys.readouterr().err
-        assert (tmp_path / "RawDICOM" / "raw_0000.dcm").read_bytes() == b"someone's"
-
-    def test_unwritable_folder_is_reported_before_work(self, tmp_path, monkeypatch, capsys):
-        import breastdensity.data.raw_phantoms
-        import breastdensity.files
-
-        def never(*args, **kwargs):
-            raise AssertionError("generated although the output folder is unwritable")
-
-        monkeypatch.setattr(breastdensity.data.raw_phantoms, "make_raw_phantom", never)
-        (tmp_path / "file").write_text("")
-        assert raw(tmp_path / "file" / "out", 1) == 2
-        assert "cannot write the raw phantom folder" in capsys.readouterr().err
-
-        def read_only(folder):
-            raise OSError(errno.EROFS, "Read-only file system", str(folder))
-
-        monkeypatch.setattr(breastdensity.files, "_probe", read_only)
-        assert raw(tmp_path / "out", 1) == 2
-        error = capsys.readouterr().err
-        assert "Read-only file system" in error and str(tmp_path / "out") in error
-        assert not (tmp_path / "out").exists()
-
-    @pytest.mark.skipif(os.geteuid() == 0, reason="permission bits do not stop root")
-    def test_read_only_folder(self, tmp_path, capsys):
-        folder = tmp_path / "ro"
-        folder.mkdir()
-        folder.chmod(0o555)
-        try:
-            assert raw(folder, 1) == 2
-            assert "cannot write the raw phantom folder" in capsys.readouterr().err
-        finally:
-            folder.chmod(0o755)
-
-    def test_full_disk_while_writing_removes_the_partial_set(self, tmp_path, monkeypatch, capsys):
-        import breastdensity.data.raw_phantoms
-
-        make = breastdensity.data.raw_phantoms.make_raw_phantom
-
-        def fill_up(seed, index, size):
-            if index == 2:
-                raise OSError(errno.ENOSPC, "No space left on device", "RawDICOM/raw_0002.dcm")
-            return make(seed, index, size)
-
-        monkeypatch.setattr(breastdensity.data.raw_phantoms, "make_raw_phantom", fill_up)
-        assert raw(tmp_path, 1) == 2
-        error = capsys.readouterr().err
-        assert "No space left on device" in error and str(tmp_path) in error
-        assert sorted(p.name for p in tmp_path.iterdir()) == []
-
-    @pytest.mark.parametrize("subjects", [["0", "0", "0"], ["-1", "0", "0"]])
-    def test_no_or_negative_subjects_are_refused(self, tmp_path, subjects, capsys):
-        with pytest.raises(SystemExit) as stop:
-            Make_Phantoms.main(
-                ["--raw", "--out", str(tmp_path / "d"), "--subjects", *subjects, "--seed", "1"]
-            )
-        assert stop.value.code == 2
-        assert "--subjects" in capsys.readouterr().err
-        assert not (tmp_path / "d").exists()
 
 
 def test_history_txt_files_still_hold_one_value_per_epoch(tmp_path):
