@@ -65,6 +65,7 @@ def test_resnet_backbone_is_the_reference_network_unchanged():
         "vit-tiny",
     ],
 )
+@pytest.mark.slow
 def test_save_and_load_keeps_predictions_and_the_layer_to_explain(name, tmp_path):
     model = small_backbone(name)
     images = images_for(model)
@@ -150,6 +151,7 @@ def test_imagenet_weights_offline_fail_saying_what_to_do(monkeypatch):
         build_backbone("vit-tiny", 32, weights="imagenet")
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", [pytest.param("efficientnet", marks=pytest.mark.slow), "vit-tiny"])
 def test_weights_saved_elsewhere_load_through_the_same_function(name, tmp_path):
     # As a model made on a machine with downloads (e.g. ImageNet-initialised on Colab) and

@@ -29,6 +29,7 @@ def model():
     return known_head_network(96)
 
 
+@pytest.mark.slow
 def test_equals_tf_keras_vis_gradcam(model, rng):
     images = quadrant_images(rng, [0, 1, 3])
     grad_cam = GradCam(model)

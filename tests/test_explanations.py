@@ -50,6 +50,7 @@ def test_every_method_gives_normalised_maps(network):
         explainer.explain("lime", images)
 
 
+@pytest.mark.slow
 def test_saliency_is_tf_keras_vis_saliency(network):
     images = quadrant_images(np.random.default_rng(6), [1, 2], 64)
     ours = Explainer(network).explain("saliency", images, [1, 2])
@@ -72,6 +73,7 @@ def test_integrated_gradients_completeness():
     assert attributions.sum() == pytest.approx(difference, rel=1e-3)
 
 
+@pytest.mark.slow
 def test_explaining_prints_no_warning_and_compiles_once(network, capsys):
     # Keras warns when a model is called with inputs of another structure, and
     # TensorFlow logs a paragraph when a compiled function is traced again and again

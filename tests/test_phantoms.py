@@ -48,6 +48,7 @@ def digest(folder):
     }
 
 
+@pytest.mark.slow
 def test_deterministic_for_a_seed_whatever_the_workers(dataset, tmp_path):
     generate_dataset(tmp_path / "again", (8, 4, 4), SIZE, seed=11, workers=2)
     assert digest(tmp_path / "again") == digest(dataset)

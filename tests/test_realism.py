@@ -57,6 +57,7 @@ def test_flat_pectoral_fill_is_left_out():
     assert region.sum() < region_before.sum()
 
 
+@pytest.mark.slow
 def test_cli_percentiles_auc_and_figures(tmp_path, rng):
     real, phantoms = tmp_path / "real", tmp_path / "phantoms"
     for index in range(4):

@@ -168,6 +168,7 @@ def small_vit():
     )
 
 
+@pytest.mark.slow
 def test_compiled_chefer_and_grad_cam_equal_the_few_eager_lines(small_vit, rng):
     model = small_vit
     images = rng.uniform(-0.5, 0.5, size=(3, 64, 64, 3)).astype("float32")
@@ -203,6 +204,7 @@ def test_compiled_chefer_and_grad_cam_equal_the_few_eager_lines(small_vit, rng):
     np.testing.assert_allclose(stage_cam, grad_cam, rtol=1e-4, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_predicted_class_is_explained_by_default_and_shapes_follow_the_model(small_vit, rng):
     images = rng.uniform(-0.5, 0.5, size=(5, 64, 64, 3)).astype("float32")
     explainer = explainer_for(small_vit)
