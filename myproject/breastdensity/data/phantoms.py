@@ -166,21 +166,30 @@ def files_to_overwrite(out_dir: Path, existing: list[str]) -> list[Path]:
             f"{manifest} is not a manifest of Make_Phantoms.py ({error}), {nothing}"
         ) from error
     listed = {out_dir / name for name in (*table["file"], *table["mask"])}
-    present = {
+    present = files_in(out_dir, existing)
+    refuse_unlisted(out_dir, present - listed, "the dataset folders", MANIFEST_NAME, nothing)
+    return [*sorted(present & listed), manifest]
+
+
+def files_in(out_dir: Path, folders) -> set[Path]:
+    """Every file below the ``folders`` (names inside ``out_dir``) that exist."""
+    return {
         path
-        for name in existing
+        for name in folders
         if (out_dir / name).is_dir()
         for path in (out_dir / name).rglob("*")
         if not path.is_dir()
     }
-    foreign = sorted(present - listed)
-    if foreign:
-        examples = ", ".join(str(path) for path in foreign[:3])
+
+
+def refuse_unlisted(out_dir: Path, unlisted: set[Path], where: str, manifest: str, nothing: str):
+    """``--overwrite`` deletes only what a manifest lists: any other file there stops it."""
+    if unlisted:
+        examples = ", ".join(str(path) for path in sorted(unlisted)[:3])
         raise FileExistsError(
-            f"{out_dir}: {len(foreign)} file(s) in the dataset folders are not listed in its "
-            f"{MANIFEST_NAME} (e.g. {examples}): Make_Phantoms.py did not write them, {nothing}"
+            f"{out_dir}: {len(unlisted)} file(s) in {where} are not listed in its {manifest} "
+            f"(e.g. {examples}): Make_Phantoms.py did not write them, {nothing}"
         )
-    return [*sorted(present & listed), manifest]
 
 
 def delete_files(out_dir: Path, files: list[Path]) -> None:

@@ -38,7 +38,7 @@ from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 from ..conventions import CLASSES, PROJECTIONS
 from ..files import atomic_path, atomic_write, check_writable
 from .phantom_model import PD_SAMPLING_BANDS, mirror_for_side, render_phantom, sample_parameters
-from .phantoms import encode_png
+from .phantoms import encode_png, files_in, refuse_unlisted
 
 VOI_MODES = ("LINEAR", "LINEAR_EXACT", "SIGMOID", "VOI_LUT", "FOR_PROCESSING")
 # Digital Mammography X-Ray Image Storage - For Presentation / For Processing
@@ -325,20 +325,10 @@ def raw_files_to_overwrite(out_dir: str | Path) -> list[Path]:
             f"{manifest} is not a manifest of Make_Phantoms.py --raw ({error}), {nothing}"
         ) from error
     listed = {out_dir / name for file in files for name in (file, *_truth_names(file))}
-    present = {
-        path
-        for name in (RAW_DICOM, RAW_TRUTH)
-        if (out_dir / name).is_dir()
-        for path in (out_dir / name).rglob("*")
-        if not path.is_dir()
-    }
-    foreign = sorted(present - listed)
-    if foreign:
-        examples = ", ".join(str(path) for path in foreign[:3])
-        raise FileExistsError(
-            f"{out_dir}: {len(foreign)} file(s) in {RAW_DICOM}/ or {RAW_TRUTH}/ are not listed in "
-            f"its {RAW_MANIFEST} (e.g. {examples}): Make_Phantoms.py did not write them, {nothing}"
-        )
+    present = files_in(out_dir, (RAW_DICOM, RAW_TRUTH))
+    refuse_unlisted(
+        out_dir, present - listed, f"{RAW_DICOM}/ or {RAW_TRUTH}/", RAW_MANIFEST, nothing
+    )
     tables = [path for path in (out_dir / RAW_LABELS, manifest) if path.is_file()]
     return [*sorted(present & listed), *tables]
 
