@@ -25,6 +25,13 @@ Examples, from myproject/::
     python Train_ResNet.py --projection CC_R --data-root ../runs/cpu/data \\
         --models-root ../runs/reference --resume
 
+    # another network (breastdensity.backbones), with the thesis' schedule and early
+    # stopping: EfficientNet-B0 at 224 px, or ViT-B/32 (--backbone vit), or a small ViT
+    # that trains on a CPU (--backbone vit-tiny, 128 px)
+    python Train_ResNet.py --projection CC_R --data-root ../runs/cpu/data \\
+        --models-root ../runs/efficientnet --backbone efficientnet --optimizer adam \\
+        --lr-schedule cosine-restarts --early-stopping 50
+
 Exit status: 0 done; 2 bad arguments, data or model folder (one in use by another
 run, a disk that fills up: the completed epochs are kept for --resume); 3 the loss
 became NaN or infinite (lower --learning-rate).
@@ -40,10 +47,12 @@ import time
 from pathlib import Path
 
 from breastdensity.conventions import (
+    BACKBONE_IMAGE_SIZES,
     CLASSES,
     FINAL_WEIGHTS,
     MIN_IMAGE_SIZE,
     PROJECTIONS,
+    VIT_PATCH_SIZES,
     DatasetError,
     model_dir,
 )
@@ -54,7 +63,9 @@ from breastdensity.run_folder import RunFolder, copy_run, warm_start_source
 # ----------------------------------------------------------------------------
 # Defaults: the reference's settings (each can be changed by the flag named)
 # ----------------------------------------------------------------------------
-IMG_SIZE = 650  # --img-size: the network sees (650, 650, 3) images
+BACKBONE = "resnet"  # --backbone: the reference's residual CNN (breastdensity.network)
+# --img-size: the network sees (650, 650, 3) images; other backbones their own size
+IMG_SIZE = BACKBONE_IMAGE_SIZES[BACKBONE]
 BATCH_SIZE = 4  # --batch-size: images per batch on each device (GPU)
 EPOCHS = 100  # --epochs
 OPTIMIZERS = ("sgd", "sgd-nesterov", "rmsprop", "adam")  # --optimizer's choices
@@ -62,6 +73,8 @@ OPTIMIZER = "sgd"  # Keras' plain SGD, no momentum
 SGD_LEARNING_RATE = 0.01  # --learning-rate of SGD (Keras' default, the reference's)
 ADAPTIVE_LEARNING_RATE = 0.001  # --learning-rate of RMSprop and Adam (Keras' defaults)
 LR_SCHEDULE = "plateau"  # --lr-schedule: ReduceLROnPlateau on the validation loss
+LR_SCHEDULES = ("plateau", "cosine", "cosine-restarts")  # --lr-schedule's choices
+EARLY_STOPPING_MIN_DELTA = 1e-4  # --early-stopping: the thesis' smallest gain in val precision
 SEED = 1  # --seed: initial weights, shuffling and augmentation
 CARDINALITY = 1  # --cardinality: groups of the 3x3 convolutions; 1 is a plain ResNet
 # --bn-momentum: batch normalization's moving averages. The reference's 0.99 (Keras'
@@ -81,7 +94,7 @@ def train(run: RunFolder, args: argparse.Namespace, strategy) -> Path:
     import keras
     import tensorflow as tf
 
-    from breastdensity import network, training
+    from breastdensity import backbones, training
 
     # -- Data ------------------------------------------------------------------
     # Augmentation of the training images, a batch (B, H, W, 1) of gray levels 0-255
@@ -110,12 +123,14 @@ def train(run: RunFolder, args: argparse.Namespace, strategy) -> Path:
 
     # -- Model -----------------------------------------------------------------
     with strategy.scope():  # the weights live on every device
-        # (None, size, size, 3) images -> (None, 4) probabilities of A, B, C, D
-        model = network.build_resnet(
+        # (None, size, size, 3) images -> (None, 4) probabilities of A, B, C, D; the
+        # reference ResNet unless --backbone says otherwise
+        model = backbones.build_backbone(
+            args.backbone,
             args.img_size,
             num_classes=len(CLASSES),
-            cardinality=args.cardinality,
-            bn_momentum=args.bn_momentum,
+            pretrained=args.pretrained,  # EfficientNet's ImageNet weights, or None
+            **backbone_options(args),
         )
         if args.init_from is not None:  # another run's weights instead of random ones
             source = warm_start_source(args.init_from, run.projection)
@@ -124,13 +139,19 @@ def train(run: RunFolder, args: argparse.Namespace, strategy) -> Path:
 
         # -- Compile (in the scope too: the optimizer's variables are mirrored) --
         learning_rate = args.learning_rate
+        total_steps = args.epochs * data.steps_per_epoch
         if args.lr_schedule == "cosine":  # decays to 1 % of the rate over the whole run
-            learning_rate = training.cosine_decay(learning_rate, args.epochs * data.steps_per_epoch)
+            learning_rate = training.cosine_decay(learning_rate, total_steps)
+        elif args.lr_schedule == "cosine-restarts":  # the thesis': cycles down to 1e-6
+            learning_rate = training.cosine_restarts(learning_rate, total_steps)
+        # named 'acc' so that logs and file names read val_acc, as in the reference
+        metrics = [keras.metrics.CategoricalAccuracy(name="acc")]
+        if args.early_stopping:  # the thesis stops on the validation precision
+            metrics.append(keras.metrics.Precision(name="precision"))
         model.compile(
             optimizer=training.make_optimizer(args.optimizer, learning_rate),
             loss="categorical_crossentropy",
-            # named 'acc' so that logs and file names read val_acc, as in the reference
-            metrics=[keras.metrics.CategoricalAccuracy(name="acc")],
+            metrics=metrics,
         )
 
     # -- Callbacks -------------------------------------------------------------
@@ -144,11 +165,23 @@ def train(run: RunFolder, args: argparse.Namespace, strategy) -> Path:
     plateau = keras.callbacks.ReduceLROnPlateau(
         monitor="val_loss", factor=0.1, patience=15, min_lr=0.001, verbose=1
     )
+    # --early-stopping: the thesis' rule. Stop once the validation precision has not
+    # risen by 1e-4 for PATIENCE epochs, and end with the weights of its best epoch
+    # (final_weights.keras then holds those).
+    early_stopping = keras.callbacks.EarlyStopping(
+        monitor="val_precision",
+        mode="max",
+        min_delta=EARLY_STOPPING_MIN_DELTA,
+        patience=args.early_stopping or 0,
+        restore_best_weights=True,
+        verbose=1,
+    )
     callbacks = [
         # First: a NaN or infinite loss ends fit() before any callback below saves anything.
         training.StopOnNonFiniteLoss(),
         checkpoint,
         *([plateau] if args.lr_schedule == "plateau" else []),
+        *([early_stopping] if args.early_stopping else []),
         keras.callbacks.TensorBoard(log_dir=run.new_log_dir()),  # logs/<date>-<time>/
         # loss_train.txt, acc_train.txt, loss_val.txt, acc_val.txt and history.csv,
         # every epoch (continued, not restarted, by --resume)
@@ -249,6 +282,15 @@ def initialise_weights(model, source: Path) -> None:
     model.set_weights(donor.get_weights())
 
 
+def backbone_options(args: argparse.Namespace) -> dict:
+    """The flags that shape the chosen backbone (build_backbone's options)."""
+    if args.backbone == "resnet":
+        return {"cardinality": args.cardinality, "bn_momentum": args.bn_momentum}
+    if args.backbone == "efficientnet":
+        return {"variant": args.efficientnet_variant}
+    return {}
+
+
 def default_learning_rate(optimizer: str) -> float:
     return SGD_LEARNING_RATE if optimizer.startswith("sgd") else ADAPTIVE_LEARNING_RATE
 
@@ -288,7 +330,34 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         "--models-root", type=Path, default=Path("."), help="receives <PROJ>_model/"
     )
     parser.add_argument(
-        "--img-size", type=int, default=IMG_SIZE, help="side of the square network input"
+        "--backbone",
+        choices=tuple(BACKBONE_IMAGE_SIZES),
+        default=BACKBONE,
+        help="the network: resnet, the reference's residual CNN; efficientnet, keras.applications' "
+        "EfficientNet (--efficientnet-variant); vit, ViT-B/32 (86 M parameters); vit-tiny, a "
+        "4-block ViT that trains on a CPU. Stages 2-4 read what they need from the model file",
+    )
+    parser.add_argument(
+        "--efficientnet-variant",
+        choices=[f"B{size}" for size in range(8)],
+        default="B0",
+        help="with --backbone efficientnet: its size, B0 (4 M parameters) to B7",
+    )
+    parser.add_argument(
+        "--pretrained",
+        default=None,
+        metavar="imagenet|FILE",
+        help="with --backbone efficientnet: start its feature extractor from ImageNet weights, "
+        "downloaded by Keras (Colab, a GPU node), or from FILE, the efficientnetb0_notop.h5 "
+        "that Keras downloads, copied to a machine without internet",
+    )
+    parser.add_argument(
+        "--img-size",
+        type=int,
+        default=None,
+        help="side of the square network input; default: "
+        + ", ".join(f"{size} ({name})" for name, size in BACKBONE_IMAGE_SIZES.items())
+        + "; a ViT needs a whole number of patches (32 px, 16 for vit-tiny)",
     )
     parser.add_argument(
         "--batch-size",
@@ -314,11 +383,22 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--lr-schedule",
-        choices=("plateau", "cosine"),
+        choices=LR_SCHEDULES,
         default=LR_SCHEDULE,
         help="plateau: the reference's ReduceLROnPlateau (val_loss, factor 0.1, patience 15, "
         "min_lr 0.001). cosine: decay smoothly to 1%% of the initial rate over the run; with "
-        "few epochs it ends on stable weights where a constant rate keeps oscillating",
+        "few epochs it ends on stable weights where a constant rate keeps oscillating. "
+        "cosine-restarts: the thesis' warm restarts, three cosine cycles down to 1e-6, each "
+        "twice as long as the one before (1/7, 2/7, 4/7 of the run)",
+    )
+    parser.add_argument(
+        "--early-stopping",
+        type=int,
+        default=None,
+        metavar="PATIENCE",
+        help="stop when the validation precision has not improved by 1e-4 for PATIENCE epochs "
+        "and keep its best epoch's weights as final_weights.keras (the thesis: 50). With "
+        "--resume the count starts again",
     )
     parser.add_argument(
         "--seed", type=int, default=SEED, help="seed of weights, shuffling and augmentation"
@@ -396,6 +476,29 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         help="testing aid: mirror over this many logical CPU devices, as on a multi-GPU node",
     )
     args = parser.parse_args(argv)
+    if args.img_size is None:
+        args.img_size = BACKBONE_IMAGE_SIZES[args.backbone]
+    if args.backbone != "resnet" and args.cardinality != CARDINALITY:
+        parser.error("--cardinality shapes the reference ResNet only (--backbone resnet)")
+    if args.backbone != "efficientnet" and args.efficientnet_variant != "B0":
+        parser.error("--efficientnet-variant needs --backbone efficientnet")
+    if args.pretrained is not None:
+        if args.backbone != "efficientnet":
+            parser.error(
+                f"--pretrained: there are no ImageNet weights for --backbone {args.backbone}; "
+                "use --backbone efficientnet, or train without --pretrained"
+            )
+        if args.pretrained != "imagenet" and not Path(args.pretrained).is_file():
+            parser.error(f"--pretrained: {args.pretrained} is neither 'imagenet' nor a file")
+    patch = VIT_PATCH_SIZES.get(args.backbone)
+    if patch and (args.img_size < patch or args.img_size % patch):
+        parser.error(
+            f"--img-size {args.img_size}: --backbone {args.backbone} cuts the image into "
+            f"{patch}x{patch} patches; use a multiple of {patch}, e.g. "
+            f"{BACKBONE_IMAGE_SIZES[args.backbone]}"
+        )
+    if args.early_stopping is not None and args.early_stopping < 1:
+        parser.error("--early-stopping PATIENCE must be at least 1 epoch")
     if args.view_agnostic and args.projection != "all":
         parser.error("--view-agnostic trains the four projections' network: use --projection all")
     # All checked here, before any folder is created or any image decoded.
@@ -434,6 +537,17 @@ def resolved_settings(args: argparse.Namespace, projection: str, replicas: int) 
     return {
         "projection": projection,
         "classes": list(CLASSES),
+        "backbone": args.backbone,
+        **(
+            {"efficientnet_variant": args.efficientnet_variant}
+            if args.backbone == "efficientnet"
+            else {}
+        ),
+        # a file's path as given and resolved: the same file on resume
+        "pretrained": args.pretrained
+        if args.pretrained in (None, "imagenet")
+        else str(Path(args.pretrained).resolve()),
+        "early_stopping": args.early_stopping,
         "image_size": [args.img_size, args.img_size],
         "batch_size_per_replica": args.batch_size,
         "replicas": replicas,
@@ -471,6 +585,7 @@ def main(argv=None) -> int:
     import keras
     import tensorflow as tf
 
+    from breastdensity.backbones import PretrainedWeightsError
     from breastdensity.training import TrainingDiverged, choose_strategy
 
     # The strategy comes first: splitting the CPU must precede any TF device use.
@@ -490,7 +605,7 @@ def main(argv=None) -> int:
         else:
             for projection in projections:
                 train_projection(projection, args, strategy)
-    except (DatasetError, FolderBusyError) as error:
+    except (DatasetError, FolderBusyError, PretrainedWeightsError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except TrainingDiverged as error:

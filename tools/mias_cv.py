@@ -74,6 +74,9 @@ def parse_arguments(argv=None) -> argparse.Namespace:
     parser.add_argument("--folds", type=int, default=5)
     parser.add_argument("--seed", type=int, default=0, help="seed of the folds")
     parser.add_argument("--targets", nargs="+", default=["onehot", "ordinal"])
+    parser.add_argument(
+        "--backbone", default="resnet", help="Train_ResNet.py's --backbone of every fold network"
+    )
     parser.add_argument("--img-size", type=int, default=128)
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--batch-size", type=int, default=16)
@@ -213,12 +216,20 @@ def train_fold(args, targets: str, fold_root: Path) -> Path:
         "--photometric-augmentation",
         "--targets",
         targets,
+        "--backbone",
+        args.backbone,
     ]
     if str(args.init_from).lower() != "none":
         command += ["--init-from", str(args.init_from.resolve())]
     resume = model_dir(fold_root / "models", trained).is_dir()
     subprocess.run(command + (["--resume"] if resume else []), cwd=REPO / "myproject", check=True)
     return final
+
+
+def score_column(targets: str, backbone: str = "resnet", phantoms: bool = False) -> str:
+    """The column of one training choice's held-out expected density (and its work folder)."""
+    name = targets + ("_phantoms" if phantoms else "")
+    return f"expected_{name}" + ("" if backbone == "resnet" else f"_{backbone}")
 
 
 def predict(model_path: Path, rows: pd.DataFrame) -> np.ndarray:
@@ -259,8 +270,8 @@ def main(argv=None) -> int:
     )
     columns = ["gray_otsu", "gray_otsu_stage0", "gray_stage0_breast"]
     for targets in [] if args.baseline_only else args.targets:
-        name = targets if args.phantoms is None else f"{targets}_phantoms"
-        column = f"expected_{name}"
+        column = score_column(targets, args.backbone, phantoms=args.phantoms is not None)
+        name = column.removeprefix("expected_")
         manifest[column] = np.nan
         for fold in range(args.folds):
             fold_root = args.work / name / f"fold{fold}"

@@ -58,10 +58,9 @@ from pathlib import Path
 import keras
 from keras import layers, ops
 
-from .conventions import NUM_CLASSES
+from .conventions import BACKBONE_IMAGE_SIZES, BACKBONES, NUM_CLASSES, VIT_PATCH_SIZES
 from .network import LAST_RESIDUAL_LAYER, OUTPUT_LAYER, build_resnet
 
-BACKBONES = ("resnet", "efficientnet", "vit", "vit-tiny")
 # The layer whose (None, h, w, K) output an explanation of any backbone weighs.
 EXPLAIN_LAYER = "explain_here"
 INPUT_NAME = "image"
@@ -84,11 +83,16 @@ class ViTConfig:
 
 VIT_CONFIGS = {
     # ViT-B/32 (Dosovitskiy et al., 2021), as the thesis describes it.
-    "vit": ViTConfig(patch_size=32, num_layers=12, width=768, mlp_width=3072, num_heads=12),
+    "vit": ViTConfig(
+        patch_size=VIT_PATCH_SIZES["vit"], num_layers=12, width=768, mlp_width=3072, num_heads=12
+    ),
     # Small enough to train on a 2-core CPU at 128 px: 8 x 8 patches, 637,572 parameters.
-    "vit-tiny": ViTConfig(patch_size=16, num_layers=4, width=128, mlp_width=256, num_heads=4),
+    "vit-tiny": ViTConfig(
+        patch_size=VIT_PATCH_SIZES["vit-tiny"], num_layers=4, width=128, mlp_width=256, num_heads=4
+    ),
 }
-VIT_IMAGE_SIZES = {"vit": 224, "vit-tiny": 128}  # the sizes the configurations are meant for
+# the sizes the configurations are meant for
+VIT_IMAGE_SIZES = {name: BACKBONE_IMAGE_SIZES[name] for name in VIT_CONFIGS}
 
 
 class PretrainedWeightsError(RuntimeError):
@@ -146,9 +150,12 @@ def build_efficientnet(
         image_size: side of the square input, or (height, width); at least 32.
         num_classes: outputs of the softmax head.
         variant: "B0" .. "B7".
-        weights: None (random), or "imagenet" (keras.applications downloads them, or finds
+        weights: None (random); "imagenet" (keras.applications downloads them, or finds
             them in its cache ~/.keras/models; without either it raises
-            PretrainedWeightsError saying what to do).
+            PretrainedWeightsError saying what to do); or the path of the feature
+            extractor's weights as keras.applications saves them (the downloaded
+            ``efficientnetb0_notop.h5``, or ``save_weights`` of
+            ``EfficientNetB0(include_top=False)``), loaded the same way.
         dropout: before the dense head (keras.applications' B0 uses 0.2).
 
     Returns:
@@ -161,9 +168,13 @@ def build_efficientnet(
             f"EfficientNet variant {variant!r}: one of {', '.join(EFFICIENTNET_VARIANTS)}"
         )
     if weights not in (None, "imagenet"):
-        raise ValueError(
-            f"weights={weights!r}: None or 'imagenet' (load a file with build_backbone)"
-        )
+        weights = Path(weights)
+        if not weights.is_file():
+            raise PretrainedWeightsError(
+                f"{weights}: no such file; give the EfficientNet{variant} feature extractor's "
+                "weights file (efficientnet" + variant.lower() + "_notop.h5 as keras.applications "
+                "downloads it), or 'imagenet'"
+            )
     height, width = _square(image_size)
     inputs = keras.Input((height, width, 3), name=INPUT_NAME)
     # project convention (x/255 minus its mean) -> keras.applications' 0-255
@@ -172,16 +183,26 @@ def build_efficientnet(
     try:
         # input_tensor: the base's layers join this model (no nested model), so
         # model.get_layer finds every one of them.
-        base = builder(include_top=False, weights=weights, input_tensor=x)
+        base = builder(
+            include_top=False,
+            weights=weights if weights in (None, "imagenet") else str(weights),
+            input_tensor=x,
+        )
     except Exception as error:  # keras raises a bare Exception when the download fails
+        if isinstance(weights, Path):
+            raise PretrainedWeightsError(
+                f"{weights}: not the weights of EfficientNet{variant}'s feature extractor "
+                f"({type(error).__name__}: {error})"
+            ) from error
         if weights != "imagenet":
             raise
         url = IMAGENET_WEIGHTS_URL.format(variant=variant.lower())
         raise PretrainedWeightsError(
             f"could not get the ImageNet weights of EfficientNet{variant} ({error}). "
             f"Use --pretrained imagenet where downloads work (Colab, a GPU node); or download "
-            f"{url} there and copy the file into {KERAS_CACHE} here (Keras then finds it "
-            f"offline); or train without --pretrained."
+            f"{url} there and give its path here (--pretrained path/to/{url.rsplit('/', 1)[1]}), "
+            f"or copy it into {KERAS_CACHE} (Keras then finds it offline); or train without "
+            "--pretrained."
         ) from error
     features = layers.Identity(name=EXPLAIN_LAYER)(base.output)  # (None, h, w, 1280) for B0
     pooled = layers.GlobalAveragePooling2D(name="avg_pool")(features)
@@ -286,6 +307,7 @@ def build_backbone(
     image_size: int | tuple[int, int],
     num_classes: int = NUM_CLASSES,
     weights: str | Path | None = None,
+    pretrained: str | Path | None = None,
     **options,
 ) -> keras.Model:
     """The density classifier with the backbone ``name``.
@@ -294,10 +316,12 @@ def build_backbone(
         name: one of BACKBONES.
         image_size: side of the square input, or (height, width).
         num_classes: outputs of the softmax head.
-        weights: None (random initialisation); "imagenet" (EfficientNet only: ImageNet
-            weights for the feature extractor, see build_efficientnet); or the path of a
-            ``.weights.h5`` file saved (``model.save_weights``) from a model built with
-            the same arguments, loaded into the whole model.
+        weights: None (as ``pretrained`` leaves them), "imagenet" (the same as
+            ``pretrained="imagenet"``), or the path of a ``.weights.h5`` file saved
+            (``model.save_weights``) from a model built with the same arguments, loaded
+            into the whole model.
+        pretrained: EfficientNet only: "imagenet", or the path of a keras.applications
+            weights file of the feature extractor (see build_efficientnet); None: random.
         **options: passed on: resnet ``cardinality``, ``bn_momentum``; efficientnet
             ``variant``, ``dropout``; vit and vit-tiny ``dropout``, ``config`` (a ViTConfig
             in place of the named one).
@@ -307,23 +331,20 @@ def build_backbone(
     """
     if name not in BACKBONES:
         raise ValueError(f"unknown backbone {name!r}: one of {', '.join(BACKBONES)}")
-    file = None if weights in (None, "imagenet") else Path(weights)
+    if weights == "imagenet":
+        weights, pretrained = None, "imagenet"
+    file = None if weights is None else Path(weights)
     if file is not None and not file.is_file():
         raise FileNotFoundError(f"{file}: no such weights file")
-    if weights == "imagenet" and name != "efficientnet":
+    if pretrained is not None and name != "efficientnet":
         raise PretrainedWeightsError(
             f"there are no ImageNet weights for the {name} backbone here: use "
-            "--backbone efficientnet with --pretrained imagenet, or train without --pretrained"
+            "--backbone efficientnet with --pretrained, or train without --pretrained"
         )
     if name == "resnet":
         model = build_resnet(image_size, num_classes, **options)
     elif name == "efficientnet":
-        model = build_efficientnet(
-            image_size,
-            num_classes,
-            weights="imagenet" if weights == "imagenet" else None,
-            **options,
-        )
+        model = build_efficientnet(image_size, num_classes, weights=pretrained, **options)
     else:
         options.setdefault("config", name)
         model = build_vit(image_size, num_classes, **options)

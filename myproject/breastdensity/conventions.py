@@ -28,6 +28,14 @@ NUM_CLASSES = len(CLASSES)
 # Smallest image side the network accepts: its five stride-2 steps leave a 2x2 map.
 MIN_IMAGE_SIZE = 64
 
+# The networks stage 1 can train (breastdensity.backbones builds them) and the side of
+# the input each gets when --img-size is not given: the reference's 650 px, the thesis'
+# 224 px, and a size at which the small ViT trains on a CPU. A ViT cuts its input into
+# square patches of VIT_PATCH_SIZES pixels, so its side is a multiple of that.
+BACKBONE_IMAGE_SIZES = {"resnet": 650, "efficientnet": 224, "vit": 224, "vit-tiny": 128}
+BACKBONES = tuple(BACKBONE_IMAGE_SIZES)
+VIT_PATCH_SIZES = {"vit": 32, "vit-tiny": 16}
+
 # Mammographic projections (views): craniocaudal and mediolateral oblique,
 # right and left breast. The short names are those of the prediction files.
 PROJECTIONS = ("CC_R", "CC_L", "MLO_R", "MLO_L")

@@ -43,7 +43,14 @@ FRESH, RESUME, FINISHED = "fresh", "resume", "finished"
 # A training_config.json without these settings was trained with these values
 # (the reference's batch-normalization momentum, one-hot targets), so resuming it
 # with them is no change.
-ASSUMED_WHEN_MISSING = {"bn_momentum": 0.99, "targets": "onehot"}
+ASSUMED_WHEN_MISSING = {
+    "bn_momentum": 0.99,
+    "targets": "onehot",
+    # runs from before other backbones and their options: the reference ResNet, plain
+    "backbone": "resnet",
+    "pretrained": None,
+    "early_stopping": None,
+}
 # A training_config.json without these is silent about them: unknown, not changed.
 UNKNOWN_WHEN_MISSING = ("data_root_resolved", "data_fingerprint")
 

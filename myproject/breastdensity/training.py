@@ -379,6 +379,28 @@ def cosine_decay(learning_rate: float, decay_steps: int):
     return keras.optimizers.schedules.CosineDecay(learning_rate, decay_steps, alpha=0.01)
 
 
+RESTART_CYCLES = 3  # cosine cycles of 1/7, 2/7 and 4/7 of the run: it ends at the minimum
+RESTART_MINIMUM = 1e-6  # the lowest rate of every cycle
+
+
+def cosine_restarts(learning_rate: float, total_steps: int, minimum: float = RESTART_MINIMUM):
+    """Cosine decay with warm restarts (Loshchilov & Hutter, SGDR), the thesis' schedule.
+
+    Each cycle falls from ``learning_rate`` to ``minimum`` and restarts; each is twice
+    as long as the one before (t_mul 2) and starts from the same rate (m_mul 1). The
+    first cycle's length makes ``RESTART_CYCLES`` whole cycles fill ``total_steps``, so
+    the run ends on settled weights, as with the plain cosine schedule.
+    """
+    first_cycle = max(1, round(total_steps / (2**RESTART_CYCLES - 1)))
+    return keras.optimizers.schedules.CosineDecayRestarts(
+        learning_rate,
+        first_cycle,
+        t_mul=2.0,
+        m_mul=1.0,
+        alpha=min(1.0, minimum / learning_rate),  # Keras' alpha is a fraction of the rate
+    )
+
+
 # ----------------------------------------------------------------------------
 # Distribution
 # ----------------------------------------------------------------------------
@@ -483,6 +505,8 @@ class HistoryRecorder(keras.callbacks.Callback):
             "val_acc": logs.get("val_acc", np.nan),
             "learning_rate": self._learning_rate,
             "seconds": round(time.perf_counter() - self._epoch_start, 3),
+            # what --early-stopping watches, when it is on
+            **{key: logs[key] for key in ("precision", "val_precision") if key in logs},
         }
         self.rows.append(row)
         write_history(self.model_dir, self.rows)

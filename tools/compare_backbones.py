@@ -1,0 +1,260 @@
+"""The thesis' comparison on this machine: ResNet, EfficientNet and ViT with the same CPU budget.
+
+    # from the root; about 70 minutes on 2 CPU cores with the defaults
+    python tools/compare_backbones.py --work runs/backbones
+
+Every backbone gets the same recipe and the same minutes of training (``--minutes``):
+
+1. **Phantoms.** ``Make_Phantoms.py`` makes a training set (150 + 30 subjects, all
+   four projections, balanced classes), 200 fresh subjects at screening prevalence
+   to classify and 40 more (CC_R images with their true dense tissue) for the maps.
+   A two-epoch run measures each backbone's seconds per training image; the
+   number of epochs that fills ``--minutes`` follows. Then one view-agnostic network
+   per backbone (128 px, Adam 1e-3, cosine schedule, photometric augmentation).
+2. **Scores on phantoms.** Stage 2 on the 200 subjects (``measure_goals.classification``:
+   accuracy, linear kappa, dense vs non-dense, the four projections fused per subject);
+   Grad-CAM of the predicted class on the layer each model names, against the true
+   dense tissue (``explain.scoring``: ROC AUC, pointing game, deletion area, and the
+   same for a random map, the floor).
+3. **Real films.** ``mias_cv.py``: 5-fold cross-validation by woman on mini-MIAS, each
+   fold's network started from the backbone's phantom network and trained for
+   ``--fold-minutes`` (epochs from the same seconds per image): fatty vs dense ROC AUC
+   and Kendall tau of the expected density. Skipped, with a message, without MIAS.
+
+Writes ``comparison.csv`` (one row per backbone) and ``maps.png`` (Grad-CAM of each
+backbone on the same phantoms, true dense tissue outlined) to ``--work``; finished
+trainings are reused when the command is run again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+
+from breastdensity.conventions import CLASSES, DENSE_MASKS, FINAL_WEIGHTS, default_model_path
+from breastdensity.quiet import quiet_tensorflow
+
+REPO = Path(__file__).resolve().parents[1]
+MYPROJECT = REPO / "myproject"
+BACKBONES = ("resnet", "efficientnet", "vit-tiny")
+IMAGE_SIZE = 128  # every backbone at the same side: what the CPU budget affords
+RECIPE = [
+    "--img-size", str(IMAGE_SIZE), "--batch-size", "16", "--optimizer", "adam",
+    "--learning-rate", "1e-3", "--lr-schedule", "cosine", "--photometric-augmentation",
+]  # fmt: skip
+PHANTOMS = {  # folder -> Make_Phantoms.py flags
+    "phantoms": ["--subjects", "150", "30", "0", "--seed", "2026"],
+    "eval_screening": [
+        "--subjects",
+        "0",
+        "0",
+        "200",
+        "--seed",
+        "1414",
+        "--prevalence",
+        "screening",
+    ],
+    "eval_cam": ["--subjects", "0", "0", "40", "--seed", "2828"],
+}
+FIGURE_IMAGES = 4  # phantoms in the figure, one per class
+
+
+def parse_arguments(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Train and score the backbones with the same CPU budget (module docstring).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--work", type=Path, default=REPO / "runs" / "backbones")
+    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
+    parser.add_argument(
+        "--minutes", type=float, default=6.0, help="training time of each phantom network"
+    )
+    parser.add_argument(
+        "--fold-minutes", type=float, default=2.0, help="training time of each MIAS fold network"
+    )
+    parser.add_argument(
+        "--mias", type=Path, default=None, help="mini-MIAS folder; default: as tools/mias_cv.py"
+    )
+    parser.add_argument("--no-mias", action="store_true", help="phantoms only")
+    return parser.parse_args(argv)
+
+
+def run(command: list[str]) -> None:
+    print("$", " ".join(command), flush=True)
+    subprocess.run([sys.executable, *command], cwd=MYPROJECT, check=True)
+
+
+def make_phantoms(work: Path) -> None:
+    for folder, flags in PHANTOMS.items():
+        if not (work / folder / "manifest.csv").is_file():
+            run(["Make_Phantoms.py", "--out", str(work / folder), "--size", "256", "208", *flags])
+
+
+def seconds_per_image(work: Path, backbone: str) -> float:
+    """Training seconds per image of ``backbone``, from the second epoch of a short run."""
+    root = work / "calibration" / backbone
+    history = root / "CC_R_model" / "history.csv"
+    if not history.is_file():
+        run(
+            ["Train_ResNet.py", "--projection", "all", "--view-agnostic", "--backbone", backbone,
+             "--data-root", str(work / "phantoms"), "--models-root", str(root), "--epochs", "2",
+             *RECIPE]
+        )  # fmt: skip
+    config = json.loads((root / "CC_R_model" / "training_config.json").read_text())
+    # the second epoch: the first also traces the graph and fills the image cache
+    return float(pd.read_csv(history)["seconds"].iloc[1]) / config["train_images"]
+
+
+def train_on_phantoms(work: Path, backbone: str, epochs: int) -> tuple[Path, float]:
+    """The backbone's phantom network (trained unless it exists) and its training minutes."""
+    root = work / "models" / backbone
+    if not (root / "CC_R_model" / FINAL_WEIGHTS).is_file():
+        run(
+            ["Train_ResNet.py", "--projection", "all", "--view-agnostic", "--backbone", backbone,
+             "--data-root", str(work / "phantoms"), "--models-root", str(root),
+             "--epochs", str(epochs), *RECIPE]
+        )  # fmt: skip
+    history = pd.read_csv(root / "CC_R_model" / "history.csv")
+    return root, float(history["seconds"].sum()) / 60
+
+
+def map_scores(models_root: Path, data: Path) -> tuple[dict[str, float], list]:
+    """Grad-CAM of the predicted class and a random map against the true dense tissue (CC_R)."""
+    from breastdensity.explain.methods import Explainer
+    from breastdensity.explain.scoring import prepare_test_images, score_image
+    from breastdensity.inference import load_model
+
+    model = load_model(default_model_path(models_root, "CC_R"))
+    explainer = Explainer(model)  # the layer the model file names
+    images = prepare_test_images(
+        data / "TestSet", data / DENSE_MASKS / "TestSet", "CC_R", explainer.size
+    )
+    rows, shown = [], []
+    for image in images:
+        scored, maps = score_image(explainer, image, ["gradcam", "random"])
+        rows += scored
+        shown.append((image, maps["gradcam"]))
+    means = pd.DataFrame(rows).groupby("method")[["auc", "pointing_game", "deletion_auc"]].mean()
+    return {
+        "map_auc": means.loc["gradcam", "auc"],
+        "map_pointing_game": means.loc["gradcam", "pointing_game"],
+        "map_deletion": means.loc["gradcam", "deletion_auc"],
+        "random_auc": means.loc["random", "auc"],
+        "random_pointing_game": means.loc["random", "pointing_game"],
+        "random_deletion": means.loc["random", "deletion_auc"],
+    }, shown
+
+
+def mias_scores(args, backbone: str, models_root: Path, per_image: float) -> dict[str, float]:
+    """Pooled held-out scores of the backbone's 5-fold MIAS cross-validation."""
+    import mias_cv  # beside this file: the script's folder is on the import path
+
+    if mias_cv.find_mias(args.mias) is None:
+        return {}
+    films_per_fold = 216 * 4 / 5  # mini-MIAS: 216 films, 4 of 5 folds train
+    epochs = max(1, round(args.fold_minutes * 60 / (per_image * films_per_fold)))
+    work = args.work / "mias_cv"
+    started = time.perf_counter()
+    mias_cv.main(
+        [*(["--mias", str(args.mias)] if args.mias else []), "--work", str(work),
+         "--targets", "onehot", "--backbone", backbone, "--img-size", str(IMAGE_SIZE),
+         "--epochs", str(epochs), "--init-from", str(models_root)]
+    )  # fmt: skip
+    summary = pd.read_csv(work / "summary.csv").set_index("score")
+    column = mias_cv.score_column("onehot", backbone, phantoms=False)
+    return {
+        "mias_fold_epochs": epochs,
+        "mias_auc_f_vs_d": summary.loc[column, "auc_f_vs_d"],
+        "mias_kendall_tau": summary.loc[column, "kendall_tau"],
+        "mias_gray_auc_f_vs_d": summary.loc["gray_otsu", "auc_f_vs_d"],
+        "mias_minutes": (time.perf_counter() - started) / 60,
+    }
+
+
+def figure(shown: dict[str, list], out: Path) -> None:
+    """Grad-CAM of each backbone (rows) on the same phantoms, one per class (columns)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from breastdensity.cam import to_image_size
+
+    first = next(iter(shown.values()))
+    picks = [next(i for i, (image, _) in enumerate(first) if image.label == c) for c in CLASSES]
+    fig, axes = plt.subplots(
+        len(shown), len(picks), figsize=(2.6 * len(picks), 2.9 * len(shown)), squeeze=False
+    )
+    for row, (backbone, maps) in enumerate(shown.items()):
+        for column, index in enumerate(picks):
+            image, cam = maps[index]
+            axis = axes[row, column]
+            axis.imshow(image.original, cmap="gray")
+            heat = axis.imshow(
+                to_image_size(cam, image.original.shape), cmap="jet", alpha=0.45, vmin=0, vmax=1
+            )
+            axis.contour(image.mask, levels=[0.5], colors="white", linewidths=0.8)
+            axis.set_xticks([])
+            axis.set_yticks([])
+            if row == 0:
+                axis.set_title(f"true class {image.label}", fontsize=11)
+            if column == 0:
+                axis.set_ylabel(backbone, fontsize=12)
+    fig.colorbar(heat, ax=axes, shrink=0.6, label="Grad-CAM (0-1)")
+    fig.suptitle("Grad-CAM of the predicted class; white: the phantoms' true dense tissue")
+    fig.savefig(out, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+
+
+def main(argv=None) -> int:
+    args = parse_arguments(argv)
+    args.work = args.work.resolve()  # the scripts run from myproject/
+    quiet_tensorflow()
+    import measure_goals  # beside this file: the script's folder is on the import path
+
+    args.work.mkdir(parents=True, exist_ok=True)
+    make_phantoms(args.work)
+    rows, shown = [], {}
+    for backbone in args.backbones:
+        per_image = seconds_per_image(args.work, backbone)
+        config = json.loads(
+            (
+                args.work / "calibration" / backbone / "CC_R_model" / "training_config.json"
+            ).read_text()
+        )
+        epochs = max(1, round(args.minutes * 60 / (per_image * config["train_images"])))
+        models_root, minutes = train_on_phantoms(args.work, backbone, epochs)
+        from breastdensity.inference import load_model
+
+        model = load_model(default_model_path(models_root, "CC_R"))
+        out = args.work / "scores" / backbone
+        out.mkdir(parents=True, exist_ok=True)
+        row = {
+            "backbone": backbone,
+            "parameters": model.count_params(),
+            "seconds_per_image": per_image,
+            "phantom_epochs": epochs,
+            "phantom_minutes": minutes,
+            **measure_goals.classification(models_root, args.work / "eval_screening", out),
+        }
+        scores, shown[backbone] = map_scores(models_root, args.work / "eval_cam")
+        row |= scores
+        if not args.no_mias:
+            row |= mias_scores(args, backbone, models_root, per_image)
+        rows.append(row)
+        table = pd.DataFrame(rows)
+        table.to_csv(args.work / "comparison.csv", index=False, float_format="%.4f")
+        print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"), flush=True)
+    figure(shown, args.work / "maps.png")
+    print(f"{args.work / 'comparison.csv'}, {args.work / 'maps.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
