@@ -5,8 +5,14 @@ then called in turn (round robin) and timed; the ratios use each arm's fastest c
 * forward: the model's own call, compiled (the baseline of the ratios),
 * ``model.predict`` (what a stage calls; for reference),
 * ``TransformerExplainer.rollout`` (one forward pass, then L small matrix products),
-* ``TransformerExplainer.chefer`` (one forward and one backward pass),
-* ``TransformerExplainer.grad_cam`` (one forward and one backward pass).
+* ``TransformerExplainer.chefer`` (one forward and one backward pass; under XLA for a
+  narrow ViT such as vit-tiny, see ``explain.transformer.XLA_MAX_WIDTH``),
+* ``TransformerExplainer.grad_cam`` (one forward and one backward pass, to the last block),
+and, for reference, what Chefer cannot do without, compiled both ways:
+* forward+backward: one forward pass and the gradient of the top score with respect to
+  every block's attention probabilities (the backward pass crosses every block), no
+  relevance rule; with and without XLA,
+* the forward pass under XLA.
 Goal: rollout and Chefer each within 2x the forward pass.
 
     python benchmarks/bench_transformer_explanations.py                     # vit-tiny, 128 px
@@ -30,7 +36,7 @@ def measure(name: str, batch_size: int, repeats: int) -> None:
     import tensorflow as tf
 
     from breastdensity.backbones import VIT_IMAGE_SIZES, build_backbone
-    from breastdensity.explain.transformer import TransformerExplainer
+    from breastdensity.explain.transformer import TransformerExplainer, attention_layers
 
     size = VIT_IMAGE_SIZES[name]
     keras.utils.set_random_seed(0)
@@ -38,13 +44,30 @@ def measure(name: str, batch_size: int, repeats: int) -> None:
     images = np.random.default_rng(0).normal(size=(batch_size, size, size, 3))
     images = tf.constant(images.astype("float32"))  # (B, H, W, 3)
     forward = tf.function(lambda batch: model(batch, training=False))
+    forward_xla = tf.function(lambda batch: model(batch, training=False), jit_compile=True)
     explainer = TransformerExplainer(model)
+    # (B, heads, Q, T) x L and the (B, 4) probabilities
+    parts = keras.Model(
+        model.input, [*(layer.output[1] for layer in attention_layers(model)), model.output]
+    )
+
+    def forward_backward(batch):
+        with tf.GradientTape() as tape:
+            *attentions, probabilities = parts(batch, training=False)
+            top = tf.reduce_sum(tf.reduce_max(probabilities, axis=-1))
+        return tape.gradient(top, attentions)
+
+    backward = tf.function(forward_backward)
+    backward_xla = tf.function(forward_backward, jit_compile=True)
     arms = {
         "forward": lambda: forward(images).numpy(),
         "model.predict": lambda: model.predict(images, batch_size=batch_size, verbose=0),
         "rollout": lambda: explainer.rollout(images),
         "chefer": lambda: explainer.chefer(images),
         "grad_cam": lambda: explainer.grad_cam(images),
+        "fwd+bwd": lambda: [g.numpy() for g in backward(images)],
+        "fwd+bwd XLA": lambda: [g.numpy() for g in backward_xla(images)],
+        "forward XLA": lambda: forward_xla(images).numpy(),
     }
     for function in arms.values():
         function()  # warm up: tracing

@@ -7,11 +7,13 @@ import tensorflow as tf
 
 from breastdensity.backbones import EXPLAIN_LAYER, ViTConfig, build_backbone, build_vit
 from breastdensity.cam import GradCam
+from breastdensity.explain import transformer
 from breastdensity.explain.transformer import (
     TransformerExplainer,
     attention_layers,
     explainer_for,
     relevance_matrix,
+    relevance_row,
     rollout_matrix,
 )
 from breastdensity.network import build_resnet
@@ -158,6 +160,62 @@ def test_relevance_formula(rng):
     np.testing.assert_allclose(class_row, expected[:, :1], atol=1e-5)
     zeros = [np.zeros_like(a) for a in attentions]
     np.testing.assert_allclose(relevance_matrix(attentions, zeros), np.eye(6)[None].repeat(2, 0))
+
+
+def test_relevance_row_is_the_row_of_the_matrix(rng):
+    for blocks in (1, 2, 4):
+        attentions = [random_attention(rng, 2, 3, 6) for _ in range(blocks)]
+        gradients = [rng.normal(size=a.shape) for a in attentions]
+        matrix = relevance_matrix(attentions, gradients).numpy()  # (B, T, T)
+        for row in (0, 3):
+            np.testing.assert_allclose(
+                relevance_row(attentions, gradients, row), matrix[:, row], rtol=1e-5, atol=1e-6
+            )
+        # the last block of our ViTs queries the class token alone
+        class_query = [*attentions[:-1], attentions[-1][:, :, :1]]
+        class_gradient = [*gradients[:-1], gradients[-1][:, :, :1]]
+        np.testing.assert_allclose(
+            relevance_row(class_query, class_gradient), matrix[:, 0], rtol=1e-5, atol=1e-6
+        )
+
+
+def reference_chefer(model, images, classes) -> np.ndarray:
+    """Chefer's map written out: eager, full (T, T) relevance matrices, (B, H/p, W/p)."""
+    head = model.get_layer("predictions")
+    attentions_and_features = keras.Model(
+        model.input, [*[layer.output[1] for layer in attention_layers(model)], head.input]
+    )
+    with tf.GradientTape() as tape:
+        *attentions, features = attentions_and_features(images)
+        scores = features @ head.kernel + head.bias  # (B, 4) before the softmax
+        target = tf.reduce_sum(tf.gather(scores, classes, batch_dims=1))
+    gradients = tape.gradient(target, attentions)
+    relevance = np.eye(attentions[0].shape[-1])[None]  # R = I
+    for attention, gradient in zip(attentions, gradients, strict=True):
+        weighted = np.maximum(gradient * attention, 0).mean(axis=1)  # (B, Q, T)
+        relevance = relevance[:, : weighted.shape[1]] + weighted @ relevance
+    side = int(np.sqrt(relevance.shape[-1] - 1))
+    return relevance[:, 0, 1:].reshape(len(images), side, side)
+
+
+@pytest.mark.parametrize("xla", [True, False], ids=["xla", "no-xla"])
+def test_compiled_chefer_equals_the_full_matrix_computation(xla, monkeypatch, rng):
+    # Both compilations (XLA for narrow ViTs, TensorFlow's for wide ones), on a random ViT
+    # and a batch that XLA's path pads (5 -> 8).
+    monkeypatch.setattr(transformer, "XLA_MAX_WIDTH", 10_000 if xla else 0)
+    keras.utils.set_random_seed(2)
+    model = build_vit(
+        32, config=ViTConfig(patch_size=8, num_layers=3, width=16, mlp_width=32, num_heads=2)
+    )
+    images = rng.uniform(-1, 1, size=(5, 32, 32, 3)).astype("float32")
+    classes = np.array([0, 1, 2, 3, 1], np.int32)
+    explainer = TransformerExplainer(model)
+    assert explainer._chefer_xla == xla
+    result = explainer.chefer(images, classes)
+    expected = reference_chefer(model, images, classes)  # (5, 4, 4)
+    np.testing.assert_allclose(result.grid, expected, rtol=1e-4, atol=1e-6)
+    assert result.classes.tolist() == classes.tolist()
+    np.testing.assert_allclose(result.probabilities, model(images), rtol=1e-4, atol=1e-6)
 
 
 @pytest.fixture(scope="module")

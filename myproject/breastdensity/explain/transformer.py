@@ -31,10 +31,15 @@ score would change with it, negative contributions dropped; class-specific::
     for l = 1 .. L:  R = R + mean over heads of ReLU(dy_c/dA_l * A_l) @ R
     map = R[class token, patches]
 
+Only the class token's row of R is needed, and R is a product, R = (I + W_L) ... (I + W_1)
+with W_l the head mean above, so ``relevance_row`` takes that row from the last block down,
+e^T (I + W_L), then v <- v + v W_l: L vector-matrix products in place of matrix products.
+
 ``TransformerExplainer(model)`` compiles each method once for the model: every call is one
 forward pass (rollout) or one forward and one backward pass (Grad-CAM, Chefer) for the
-whole batch. The short functions ``rollout_matrix`` and ``relevance_matrix`` are the
-formulas above, used by the compiled ones and tested on their own.
+whole batch; Chefer's under XLA when the ViT is narrow (``XLA_MAX_WIDTH``). The short
+functions ``rollout_matrix``, ``relevance_matrix`` and ``relevance_row`` are the formulas
+above, used by the compiled ones and tested on their own.
 """
 
 from __future__ import annotations
@@ -51,6 +56,10 @@ from ..network import OUTPUT_LAYER
 
 EPSILON = 1e-7
 CLASS_TOKEN = 0  # the class token is the first token; patch tokens follow, row by row
+# Chefer's pass runs under XLA for ViTs whose tokens are at most this wide (see
+# TransformerExplainer.__init__): vit-tiny (128) yes, ViT-B/32 (768) no. Measured on the
+# 2-core CPU: XLA clearly faster at width 128, about even at 256, slower from 384 on.
+XLA_MAX_WIDTH = 256
 
 
 def rollout_matrix(attentions) -> tf.Tensor:
@@ -73,6 +82,12 @@ def rollout_matrix(attentions) -> tf.Tensor:
     return rollout
 
 
+def head_mean_weighted(attention, gradient) -> tf.Tensor:
+    """Mean over heads of ReLU(dy/dA * A): (B, heads, Q, T) twice -> (B, Q, T) float32."""
+    weighted = tf.nn.relu(tf.cast(gradient, tf.float32) * tf.cast(attention, tf.float32))
+    return tf.reduce_mean(weighted, axis=1)
+
+
 def relevance_matrix(attentions, gradients) -> tf.Tensor:
     """Chefer et al.'s relevance from L attentions and their gradients, (B, heads, Q, T) each.
 
@@ -81,14 +96,28 @@ def relevance_matrix(attentions, gradients) -> tf.Tensor:
     """
     relevance = None
     for attention, gradient in zip(attentions, gradients, strict=True):
-        weighted = tf.nn.relu(tf.cast(gradient, tf.float32) * tf.cast(attention, tf.float32))
-        weighted = tf.reduce_mean(weighted, axis=1)  # (B, Q, T)
+        weighted = head_mean_weighted(attention, gradient)  # (B, Q, T)
         queries, tokens = tf.shape(weighted)[1], tf.shape(weighted)[2]
         if relevance is None:  # R = I, so I + weighted @ I
             relevance = tf.eye(queries, tokens) + weighted
         else:  # the rows of the Q queried tokens
             relevance = relevance[:, :queries] + tf.matmul(weighted, relevance)
     return relevance
+
+
+def relevance_row(attentions, gradients, row: int = CLASS_TOKEN) -> tf.Tensor:
+    """Row ``row`` of ``relevance_matrix(attentions, gradients)``, (B, T) float32.
+
+    The same product of the (I + W_l), associated from the other end: from the last block
+    down, a row vector times each (T, T) matrix, so no (T, T) x (T, T) product is needed.
+    ``row`` must be one of the last block's queries (the class token in our ViTs).
+    """
+    weighted = [head_mean_weighted(a, g) for a, g in zip(attentions, gradients, strict=True)]
+    tokens = tf.shape(weighted[-1])[2]
+    vector = tf.one_hot(row, tokens) + weighted[-1][:, row]  # e^T (I + W_L), (B, T)
+    for matrix in reversed(weighted[:-1]):  # v <- v (I + W_l), W_l (B, T, T)
+        vector = vector + tf.linalg.matvec(matrix, vector, transpose_a=True)
+    return vector
 
 
 @dataclass
@@ -139,7 +168,17 @@ class TransformerExplainer:
         class_spec = tf.TensorSpec((None,), tf.int32)
         self._grad_cam = tf.function(self._grad_cam_graph, input_signature=[image_spec, class_spec])
         self._rollout = tf.function(self._rollout_graph, input_signature=[image_spec])
-        self._chefer = tf.function(self._chefer_graph, input_signature=[image_spec, class_spec])
+        # Chefer's backward pass crosses every block: on a narrow ViT mostly small
+        # element-wise ops (the gradients of LayerNorm, GELU, softmax), which XLA fuses
+        # (vit-tiny: about 1.4x a forward pass, 2.1x without); on a wide one the matrix
+        # products dominate, and on a CPU XLA's are slower than TensorFlow's own (ViT-B/32:
+        # its forward pass alone 1.5-2x slower under XLA).
+        self._chefer_xla = int(grid.shape[-1]) <= XLA_MAX_WIDTH
+        self._chefer = tf.function(
+            self._chefer_graph,
+            input_signature=[image_spec, class_spec],
+            jit_compile=self._chefer_xla,
+        )
 
     # -- the compiled parts: (B, H, W, 3) in, (B, h, w) grid, (B, H, W) maps, classes, probabilities
 
@@ -183,8 +222,8 @@ class TransformerExplainer:
             attentions, _, scores = self._forward(images)
             target, chosen = self._target(scores, classes)
         gradients = tape.gradient(target, attentions)  # one backward pass for every block
-        relevance = relevance_matrix(attentions, gradients)
-        return self._finish(self._patch_row(relevance), chosen, scores)
+        row = relevance_row(attentions, gradients)  # (B, T), the class token's
+        return self._finish(tf.reshape(row[:, 1:], (-1, *self.grid_size)), chosen, scores)
 
     # -- the calls
 
@@ -211,7 +250,16 @@ class TransformerExplainer:
     def chefer(self, images, classes=None) -> TokenMaps:
         """Chefer et al.'s relevance of ``classes`` (None: the predicted ones) over the patches."""
         images = tf.convert_to_tensor(images, tf.float32)
-        return TokenMaps(*(t.numpy() for t in self._chefer(images, self._classes(images, classes))))
+        classes = self._classes(images, classes)
+        batch = int(images.shape[0])
+        if not self._chefer_xla:
+            return TokenMaps(*(t.numpy() for t in self._chefer(images, classes)))
+        # XLA compiles once per batch size: padded to a power of two, any batch size costs
+        # at most a few compilations. The images do not mix, so the padding changes nothing.
+        padding = (1 << max(batch - 1, 0).bit_length()) - batch
+        images = tf.pad(images, [[0, padding], [0, 0], [0, 0], [0, 0]])
+        classes = tf.pad(classes, [[0, padding]], constant_values=-1)
+        return TokenMaps(*(t.numpy()[:batch] for t in self._chefer(images, classes)))
 
 
 _EXPLAINERS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
