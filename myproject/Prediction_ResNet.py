@@ -13,6 +13,9 @@ name sorted. Outputs, in ``--output-dir``:
   provenance ``model,model_sha256,model_projection``, so that it can refuse to
   fuse projections predicted by different model sets.
 
+The models may be of any backbone of ``breastdensity.backbones`` (the reference
+ResNet, EfficientNet, ViT): the image size is read from each model file.
+
 A model whose ``training_config.json`` names another projection is refused
 (``--allow-projection-mismatch`` to apply it anyway), and so are probabilities
 that are not finite (a diverged model).

@@ -1,4 +1,5 @@
-"""Grad-CAM core: equality with tf-keras-vis, empty maps, overlays and contours."""
+"""Grad-CAM core: equality with tf-keras-vis, the layer read from the model, empty maps,
+overlays and contours."""
 
 import numpy as np
 import pytest
@@ -8,12 +9,14 @@ from tf_keras_vis.gradcam import Gradcam
 from tf_keras_vis.utils.model_modifiers import ReplaceToLinear
 from tf_keras_vis.utils.scores import CategoricalScore
 
+from breastdensity.backbones import EXPLAIN_LAYER, ViTConfig, build_vit
 from breastdensity.cam import (
     DENSITY_WEIGHTS,
     GradCam,
     active_region,
     cam_file_names,
     class_maps_on_one_scale,
+    density_map_layer,
     draw_contours,
     normalize_maps,
     overlay,
@@ -80,6 +83,20 @@ def test_density_map_equals_tf_keras_vis_gradcam_of_the_weighted_score(model, rn
     )
     with pytest.raises(ValueError, match="not both"):
         grad_cam(images, [0, 0, 0], weights=DENSITY_WEIGHTS)
+
+
+def test_the_layer_comes_from_the_model(model, rng):
+    # the reference ResNet names its last residual module and has a density-map layer
+    assert GradCam(model).layer_name == LAST_RESIDUAL_LAYER
+    assert density_map_layer(model) == DENSITY_MAP_LAYER
+    # another backbone names EXPLAIN_LAYER, which its density map weighs too (no stage before)
+    vit = build_vit(
+        32, config=ViTConfig(patch_size=16, num_layers=1, width=8, mlp_width=8, num_heads=2)
+    )
+    assert GradCam(vit).layer_name == density_map_layer(vit) == EXPLAIN_LAYER
+    images = rng.uniform(-0.5, 0.5, (2, 32, 32, 3)).astype("float32")
+    density = GradCam(vit, density_map_layer(vit))(images, weights=DENSITY_WEIGHTS)
+    assert density.maps.shape == (2, 32, 32) and np.isfinite(density.maps).all()
 
 
 def test_an_empty_map_is_flagged_and_all_zero_not_nan(model, rng):

@@ -11,11 +11,14 @@ then L^c is resized to the input and scaled to [0, 1]. The score is taken
 softmax couples the classes, so its gradient for class c also depends on how
 the other classes score and can vanish when p_c is close to 1.
 
-Target layer: ``LAST_RESIDUAL_LAYER``, the output of the last residual module
-(the network's last and most semantic feature maps, H/32 x W/32 x 256). From
-there to the score there are only dropout, global average pooling and the dense
-layer, so one map costs about one forward pass. ``GradCam(model)`` compiles it
-once for a model (for any batch size; a second ``GradCam`` of the same model
+Target layer: the one the model names, ``backbones.explain_layer_name(model)``
+(read from the model, so any backbone works). In the reference ResNet it is
+``LAST_RESIDUAL_LAYER``, the output of the last residual module (the network's
+last and most semantic feature maps, H/32 x W/32 x 256); the other backbones
+name theirs ``backbones.EXPLAIN_LAYER`` ("explain_here": EfficientNet's last
+feature maps, a ViT's grid of patch tokens). From the ResNet's layer to the score
+there are only dropout, global average pooling and the dense layer, so one map
+costs about one forward pass. ``GradCam(model)`` compiles it once for a model (for any batch size; a second ``GradCam`` of the same model
 reuses the compiled function) and then maps a batch per call; a test checks it
 equals tf-keras-vis' ``Gradcam`` (which rebuilds a model at every call and runs
 eagerly, about 4x slower here). ClassActivationMaps.ipynb writes the same
@@ -26,9 +29,11 @@ fatty breast (A) that is the fat, so class maps of A and B sit on fat and
 cannot be checked against the dense tissue. The density map explains the
 *ordinal density score* instead, the class scores weighted by their rank
 (``DENSITY_WEIGHTS``: -1.5 A, -0.5 B, +0.5 C, +1.5 D), i.e. "what makes this
-breast look denser", the same question for every image; it is taken one stage
-earlier (``network.DENSITY_MAP_LAYER``, H/16 x W/16), where the maps are twice
-as fine. ``GradCam(model, DENSITY_MAP_LAYER)(images, weights=DENSITY_WEIGHTS)``.
+breast look denser", the same question for every image; in the ResNet it is
+taken one stage earlier (``network.DENSITY_MAP_LAYER``, H/16 x W/16), where the
+maps are twice as fine; other backbones have no such layer and use the layer they
+explain (``density_map_layer``).
+``GradCam(model, density_map_layer(model))(images, weights=DENSITY_WEIGHTS)``.
 """
 
 from __future__ import annotations
@@ -47,12 +52,26 @@ import tensorflow as tf
 from keras import ops
 from scipy.ndimage import zoom
 
+from .backbones import explain_layer_name
 from .conventions import CLASSES
-from .network import LAST_RESIDUAL_LAYER
+from .network import DENSITY_MAP_LAYER
 
 EPSILON = 1e-7  # keras.backend.epsilon(), as tf-keras-vis' normalisation uses
 # Class weights of the ordinal density score (centred ranks of A, B, C, D).
 DENSITY_WEIGHTS = np.array([-1.5, -0.5, 0.5, 1.5], np.float32)
+
+
+def density_map_layer(model: keras.Model) -> str:
+    """The layer the density map weighs: ``DENSITY_MAP_LAYER`` in the reference ResNet, else
+    the layer the model names for explanations.
+
+    What makes the density map is its target, the ordinal density score, not its layer: the
+    ResNet's one-stage-earlier layer only makes it twice as fine. Other backbones have no
+    layer of that name (and no single "stage before" to name), so their density map weighs
+    the layer every other map of theirs weighs, at its resolution.
+    """
+    names = {layer.name for layer in model.layers}
+    return DENSITY_MAP_LAYER if DENSITY_MAP_LAYER in names else explain_layer_name(model)
 
 
 def linear_copy(model: keras.Model) -> keras.Model:
@@ -219,9 +238,15 @@ class GradCam:
         False when the gradients vanish), the explained classes (the predicted
         ones when ``weights`` is given) and the model's probabilities. The
         model itself is not modified.
+
+    Args (of the constructor):
+        model: the classifier (softmax output).
+        layer_name: the (None, h, w, K) layer to weigh; None: the one the model names
+            (``backbones.explain_layer_name``).
     """
 
-    def __init__(self, model: keras.Model, layer_name: str = LAST_RESIDUAL_LAYER):
+    def __init__(self, model: keras.Model, layer_name: str | None = None):
+        layer_name = layer_name or explain_layer_name(model)
         self.layer_name = layer_name
         self.input_size = tuple(int(s) for s in model.input_shape[1:3])
         self._compute = compiled_for(

@@ -1,4 +1,8 @@
-"""Loading trained models and predicting folders of images (stage 2, notebooks, benchmarks)."""
+"""Loading trained models and predicting folders of images (stage 2, notebooks, benchmarks).
+
+Any backbone of ``breastdensity.backbones`` loads here: what a stage needs (input size,
+channels, the layer to explain) is read from the loaded model, not assumed.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,9 @@ import h5py
 import keras
 import numpy as np
 
+# Imported for what importing it does: it registers the custom layer of a saved ViT
+# (ClassTokenAndPositions) with Keras, which safe mode needs to load such a file.
+from . import backbones  # noqa: F401
 from .conventions import (
     CONFIG_FILE,
     FINAL_WEIGHTS,

@@ -7,11 +7,14 @@ the same way.
 ================  ==========================================================
 method            what it is (library)
 ================  ==========================================================
-gradcam           Grad-CAM on the last residual module (``breastdensity.cam``,
-                  equal to tf-keras-vis' Gradcam, compiled and batched)
+gradcam           Grad-CAM on the layer the model names for explanations
+                  (the ResNet's last residual module, a ViT's patch tokens;
+                  ``breastdensity.cam``, equal to tf-keras-vis' Gradcam,
+                  compiled and batched)
 density_gradcam   the density map: Grad-CAM of the ordinal density score
-                  (class scores weighted -1.5, -0.5, 0.5, 1.5) one stage
-                  earlier (``breastdensity.cam``); ignores ``classes``
+                  (class scores weighted -1.5, -0.5, 0.5, 1.5), in the ResNet
+                  one stage earlier (``cam.density_map_layer``); ignores
+                  ``classes``
 gradcam++         Grad-CAM++: higher-order weights (tf-keras-vis)
 scorecam          Faster Score-CAM: masks the input with the ``max_channels``
                   strongest feature maps, weights them by the class
@@ -31,8 +34,19 @@ squared of any of them): the thesis' and the poster's gradient
                   attributions; backprop is the gradient of the gray
                   pixel (sum over the 3 channels), where saliency takes
                   the largest channel
+rollout           a ViT only: attention rollout (``explain.transformer``),
+                  class-agnostic; ignores ``classes``
+chefer            a ViT only: Chefer et al.'s gradient-weighted attention
+                  relevance (``explain.transformer``)
 random            uniform noise: the floor every method must beat
 ================  ==========================================================
+
+Every method but ``rollout`` and ``chefer`` runs on any backbone: the CAM methods
+weigh the layer the model names (``backbones.explain_layer_name``), the others need
+only the input and the scores. ``Explainer.supports(method)`` says whether a method
+applies to the model. On a ViT, ``gradcam`` already is the transformer's token
+Grad-CAM (same layer, same formula as ``TransformerExplainer.grad_cam``), so it is
+not listed twice.
 
 Every gradient method (saliency, smoothgrad, integrated_gradients and the
 thesis' and poster's) is computed by one batched, compiled engine,
@@ -56,16 +70,21 @@ from tf_keras_vis.layercam import Layercam
 from tf_keras_vis.scorecam import Scorecam
 from tf_keras_vis.utils.scores import CategoricalScore
 
+from ..backbones import explain_layer_name
 from ..cam import (
     DENSITY_WEIGHTS,
     GradCam,
+    density_map_layer,
     normalize_maps,
     overlay,
     score_model,
     to_image_size,
 )
-from ..network import DENSITY_MAP_LAYER, LAST_RESIDUAL_LAYER
 from .attributions import CLASSIC_METHODS, GRADIENT_METHODS, GradientAttributions
+from .transformer import explainer_for
+
+# The maps only a transformer has: they read its attention probabilities.
+TRANSFORMER_METHODS = ("rollout", "chefer")
 
 METHODS = (
     "gradcam",
@@ -78,6 +97,7 @@ METHODS = (
     "integrated_gradients",
     "occlusion",
     *GRADIENT_METHODS,
+    *TRANSFORMER_METHODS,
     "random",
 )
 SLOW_METHODS = (
@@ -111,6 +131,8 @@ METHOD_NAMES = {
     "smoothgrad": "SmoothGrad",
     "integrated_gradients": "Integrated Gradients",
     "occlusion": "Occlusion",
+    "rollout": "Attention rollout",
+    "chefer": "Chefer relevance",
     **_GRADIENT_NAMES,
     **{f"sg_{m}": f"SmoothGrad of {name}" for m, name in _GRADIENT_NAMES.items()},
     **{f"sg2_{m}": f"SmoothGrad² of {name}" for m, name in _GRADIENT_NAMES.items()},
@@ -135,7 +157,8 @@ class Explainer:
 
     Args:
         model: trained classifier with softmax output (not modified).
-        layer_name: target layer of the CAM methods.
+        layer_name: target layer of the CAM methods; None: the one the model names
+            (``backbones.explain_layer_name``).
         score_cam_max_channels: Faster Score-CAM keeps this many feature maps.
         smooth_samples, smooth_noise: SmoothGrad's noisy copies and their
             noise level (fraction of the image's value range).
@@ -151,7 +174,7 @@ class Explainer:
     def __init__(
         self,
         model,
-        layer_name: str = LAST_RESIDUAL_LAYER,
+        layer_name: str | None = None,
         score_cam_max_channels: int = 16,
         smooth_samples: int = 20,
         smooth_noise: float = 0.2,
@@ -163,7 +186,10 @@ class Explainer:
         eg_samples: int = 32,
     ):
         self.model = model
-        self.layer_name = layer_name
+        self.layer_name = layer_name or explain_layer_name(model)
+        self.is_transformer = any(
+            isinstance(layer, keras.layers.MultiHeadAttention) for layer in model.layers
+        )
         self.size = tuple(int(s) for s in model.input_shape[1:3])
         self.score_cam_max_channels = score_cam_max_channels
         self.smooth_samples = smooth_samples
@@ -175,7 +201,7 @@ class Explainer:
         # One stream for the random baseline: every call draws a new, independent map
         # (a fixed map would look perfectly "robust" and "stable").
         self._random = np.random.default_rng(seed)
-        self._gradcam = GradCam(model, layer_name)
+        self._gradcam = GradCam(model, self.layer_name)
         self._library = {}
         self.attributions = GradientAttributions(
             model,
@@ -188,6 +214,10 @@ class Explainer:
         )
 
     # --- helpers ---------------------------------------------------------------------------
+
+    def supports(self, method: str) -> bool:
+        """Whether ``method`` applies to this model (the transformer methods need a ViT)."""
+        return method not in TRANSFORMER_METHODS or self.is_transformer
 
     def predicted_classes(self, images) -> np.ndarray:
         return self.model.predict(images, verbose=0, batch_size=8).argmax(axis=1)
@@ -214,8 +244,13 @@ class Explainer:
         images = np.asarray(images, np.float32)
         if method not in METHODS:
             raise ValueError(f"unknown method {method!r}; choose from {', '.join(METHODS)}")
-        if method == "density_gradcam":
-            classes = np.full(len(images), -1)  # unused: the density map explains no class
+        if not self.supports(method):
+            raise ValueError(
+                f"{method!r} reads a transformer's attention, and {self.model.name} has no "
+                "MultiHeadAttention layer: use it with a ViT (backbones 'vit', 'vit-tiny')"
+            )
+        if method in ("density_gradcam", "rollout"):
+            classes = np.full(len(images), -1)  # unused: these maps explain no class
         elif classes is None:
             classes = self.predicted_classes(images)  # (a forward pass)
         classes = np.asarray(classes, np.int32).reshape(len(images))
@@ -224,7 +259,12 @@ class Explainer:
         if method == "gradcam":
             maps = self._gradcam(images, classes).maps
         elif method == "density_gradcam":
-            maps = GradCam(self.model, DENSITY_MAP_LAYER)(images, weights=DENSITY_WEIGHTS).maps
+            layer = density_map_layer(self.model)
+            maps = GradCam(self.model, layer)(images, weights=DENSITY_WEIGHTS).maps
+        elif method == "rollout":
+            maps = explainer_for(self.model).rollout(images).maps
+        elif method == "chefer":
+            maps = explainer_for(self.model).chefer(images, classes).maps
         elif method in ("gradcam++", "layercam"):
             maps = self._vis(method)(score, images, **cam_options)
         elif method == "scorecam":
@@ -286,6 +326,7 @@ def occlusion_sensitivity(model, images, classes, patch: float = 0.125, stride: 
 __all__ = [
     "METHODS",
     "SLOW_METHODS",
+    "TRANSFORMER_METHODS",
     "Explainer",
     "occlusion_sensitivity",
     "plot_method_grid",
