@@ -62,3 +62,10 @@ def test_folds_keep_women_together_and_every_film_is_scored_once(tmp_path):
     # a second run continues: nothing retrained, the earlier choice stays in the tables
     assert mias_cv.main(arguments) == 0
     assert "expected_ordinal" in pd.read_csv(work / "summary.csv")["score"].tolist()
+
+
+def test_each_training_choice_and_backbone_gets_its_own_column():
+    # the reference ResNet keeps the names of earlier runs, so their tables still merge
+    assert mias_cv.score_column("onehot") == "expected_onehot"
+    assert mias_cv.score_column("ordinal", phantoms=True) == "expected_ordinal_phantoms"
+    assert mias_cv.score_column("onehot", "vit-tiny") == "expected_onehot_vit-tiny"

@@ -13,17 +13,18 @@ Every backbone gets the same recipe and the same minutes of training (``--minute
    per backbone (128 px, Adam 1e-3, cosine schedule, photometric augmentation).
 2. **Scores on phantoms.** Stage 2 on the 200 subjects (``measure_goals.classification``:
    accuracy, linear kappa, dense vs non-dense, the four projections fused per subject);
-   Grad-CAM of the predicted class on the layer each model names, against the true
-   dense tissue (``explain.scoring``: ROC AUC, pointing game, deletion area, and the
-   same for a random map, the floor).
+   Grad-CAM of the predicted class on the layer each model names (on a ViT also attention
+   rollout and Chefer's relevance), against the true dense tissue (``explain.scoring``:
+   ROC AUC, pointing game, deletion area, and the same for a random map, the floor).
 3. **Real films.** ``mias_cv.py``: 5-fold cross-validation by woman on mini-MIAS, each
    fold's network started from the backbone's phantom network and trained for
    ``--fold-minutes`` (epochs from the same seconds per image): fatty vs dense ROC AUC
    and Kendall tau of the expected density. Skipped, with a message, without MIAS.
 
-Writes ``comparison.csv`` (one row per backbone) and ``maps.png`` (Grad-CAM of each
-backbone on the same phantoms, true dense tissue outlined) to ``--work``; finished
-trainings are reused when the command is run again.
+Writes ``comparison.csv`` (one row per backbone), ``scores/<backbone>/map_scores.csv``
+and ``maps.png`` (Grad-CAM of each backbone, and a ViT's rollout and Chefer maps, on the
+same phantoms, true dense tissue outlined) to ``--work``; finished trainings are reused
+when the command is run again.
 """
 
 from __future__ import annotations
@@ -124,31 +125,37 @@ def train_on_phantoms(work: Path, backbone: str, epochs: int) -> tuple[Path, flo
     return root, float(history["seconds"].sum()) / 60
 
 
-def map_scores(models_root: Path, data: Path) -> tuple[dict[str, float], list]:
-    """Grad-CAM of the predicted class and a random map against the true dense tissue (CC_R)."""
-    from breastdensity.explain.methods import Explainer
+def map_scores(models_root: Path, data: Path, out: Path) -> tuple[dict[str, float], dict]:
+    """Grad-CAM of the predicted class (on a ViT also attention rollout and Chefer's relevance)
+    and a random map against the true dense tissue of the CC_R phantoms."""
+    from breastdensity.explain.methods import METHOD_NAMES, TRANSFORMER_METHODS, Explainer
     from breastdensity.explain.scoring import prepare_test_images, score_image
     from breastdensity.inference import load_model
 
     model = load_model(default_model_path(models_root, "CC_R"))
     explainer = Explainer(model)  # the layer the model file names
+    methods = ["gradcam", *(m for m in TRANSFORMER_METHODS if explainer.supports(m)), "random"]
     images = prepare_test_images(
         data / "TestSet", data / DENSE_MASKS / "TestSet", "CC_R", explainer.size
     )
-    rows, shown = [], []
+    rows, shown = [], {METHOD_NAMES[m]: [] for m in methods if m != "random"}
     for image in images:
-        scored, maps = score_image(explainer, image, ["gradcam", "random"])
+        scored, maps = score_image(explainer, image, methods)
         rows += scored
-        shown.append((image, maps["gradcam"]))
-    means = pd.DataFrame(rows).groupby("method")[["auc", "pointing_game", "deletion_auc"]].mean()
-    return {
-        "map_auc": means.loc["gradcam", "auc"],
-        "map_pointing_game": means.loc["gradcam", "pointing_game"],
-        "map_deletion": means.loc["gradcam", "deletion_auc"],
-        "random_auc": means.loc["random", "auc"],
-        "random_pointing_game": means.loc["random", "pointing_game"],
-        "random_deletion": means.loc["random", "deletion_auc"],
-    }, shown
+        for method in methods[:-1]:
+            shown[METHOD_NAMES[method]].append((image, maps[method]))
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "map_scores.csv", index=False)
+    means = table.groupby("method")[["auc", "pointing_game", "deletion_auc"]].mean()
+    scores = {}
+    for method in methods:
+        prefix = "map" if method == "gradcam" else method
+        scores |= {
+            f"{prefix}_auc": means.loc[method, "auc"],
+            f"{prefix}_pointing_game": means.loc[method, "pointing_game"],
+            f"{prefix}_deletion": means.loc[method, "deletion_auc"],
+        }
+    return scores, shown
 
 
 def mias_scores(args, backbone: str, models_root: Path, per_image: float) -> dict[str, float]:
@@ -178,7 +185,7 @@ def mias_scores(args, backbone: str, models_root: Path, per_image: float) -> dic
 
 
 def figure(shown: dict[str, list], out: Path) -> None:
-    """Grad-CAM of each backbone (rows) on the same phantoms, one per class (columns)."""
+    """Each backbone's maps (rows: backbone and method) on the same phantoms, one per class."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -206,8 +213,10 @@ def figure(shown: dict[str, list], out: Path) -> None:
                 axis.set_title(f"true class {image.label}", fontsize=11)
             if column == 0:
                 axis.set_ylabel(backbone, fontsize=12)
-    fig.colorbar(heat, ax=axes, shrink=0.6, label="Grad-CAM (0-1)")
-    fig.suptitle("Grad-CAM of the predicted class; white: the phantoms' true dense tissue")
+    fig.colorbar(heat, ax=axes, shrink=0.6, label="map, scaled to 0-1 per image")
+    fig.suptitle(
+        "Maps of the predicted class, same CPU budget per network; white: true dense tissue"
+    )
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
 
@@ -243,8 +252,9 @@ def main(argv=None) -> int:
             "phantom_minutes": minutes,
             **measure_goals.classification(models_root, args.work / "eval_screening", out),
         }
-        scores, shown[backbone] = map_scores(models_root, args.work / "eval_cam")
+        scores, maps = map_scores(models_root, args.work / "eval_cam", out)
         row |= scores
+        shown |= {f"{backbone}\n{method}": images for method, images in maps.items()}
         if not args.no_mias:
             row |= mias_scores(args, backbone, models_root, per_image)
         rows.append(row)
