@@ -69,3 +69,15 @@ def test_each_training_choice_and_backbone_gets_its_own_column():
     assert mias_cv.score_column("onehot") == "expected_onehot"
     assert mias_cv.score_column("ordinal", phantoms=True) == "expected_ordinal_phantoms"
     assert mias_cv.score_column("onehot", "vit-tiny") == "expected_onehot_vit-tiny"
+
+
+def test_class_agreement_scores_predicted_classes_against_the_filed_levels():
+    table = pd.DataFrame(
+        {"class": ["A", "B", "C", "C"], "class_onehot": ["A", "B", "B", "C"], "gray_otsu": 0.0}
+    )
+    agreement = mias_cv.class_agreement(table, "expected_onehot")
+    assert agreement["accuracy"] == 0.75
+    assert 0 < agreement["kappa_linear"] < 1
+    perfect = table.assign(class_onehot=table["class"])
+    assert mias_cv.class_agreement(perfect, "expected_onehot")["kappa_linear"] == 1.0
+    assert mias_cv.class_agreement(table, "gray_otsu") == {}  # a baseline has no classes

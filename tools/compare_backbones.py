@@ -18,8 +18,8 @@ Every backbone gets the same recipe and the same minutes of training (``--minute
    ROC AUC, pointing game, deletion area, and the same for a random map, the floor).
 3. **Real films.** ``mias_cv.py``: 5-fold cross-validation by woman on mini-MIAS, each
    fold's network started from the backbone's phantom network and trained for
-   ``--fold-minutes`` (epochs from the same seconds per image): fatty vs dense ROC AUC
-   and Kendall tau of the expected density. Skipped, with a message, without MIAS.
+   ``--fold-minutes`` (epochs from the same seconds per image): fatty vs dense ROC AUC,
+   Kendall tau of the expected density, accuracy and linear kappa of the class. Skipped, with a message, without MIAS.
 
 Writes ``comparison.csv`` (one row per backbone), ``scores/<backbone>/map_scores.csv``
 and ``maps.png`` (Grad-CAM of each backbone, and a ViT's rollout and Chefer maps, on the
@@ -181,6 +181,9 @@ def mias_scores(args, backbone: str, models_root: Path, per_image: float) -> dic
         "mias_fold_epochs": epochs,
         "mias_auc_f_vs_d": summary.loc[column, "auc_f_vs_d"],
         "mias_kendall_tau": summary.loc[column, "kendall_tau"],
+        # the predicted class against F, G, D filed as A, B, C
+        "mias_accuracy": summary.loc[column, "accuracy"],
+        "mias_kappa_linear": summary.loc[column, "kappa_linear"],
         "mias_gray_auc_f_vs_d": summary.loc["gray_otsu", "auc_f_vs_d"],
         "mias_training_minutes": minutes,
     }

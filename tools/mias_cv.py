@@ -17,6 +17,8 @@ Scores, per fold and pooled over the held-out predictions:
 * ``auc_f_vs_d``: ROC AUC of the expected density (0 = A ... 3 = D) for
   fatty (F) against dense (D) films; ``auc_f_vs_gd`` for F against G + D;
 * ``kendall_tau``: Kendall's tau of the expected density against F < G < D;
+* ``accuracy``, ``kappa_linear`` (pooled only): of the predicted class against
+  the MIAS level filed as a class (F, G, D -> A, B, C);
 * the same for label-free baselines on the same films: the mean gray above
   the Otsu threshold (a plain crop of the breast) of the original film
   (``gray_otsu``) and of the stage-0 output (``gray_otsu_stage0``): what stage 0
@@ -41,10 +43,11 @@ import numpy as np
 import pandas as pd
 from scipy.stats import kendalltau
 from skimage.filters import threshold_otsu
-from sklearn.metrics import roc_auc_score
+from sklearn.metrics import cohen_kappa_score, roc_auc_score
 from sklearn.model_selection import StratifiedGroupKFold
 
 from breastdensity.conventions import (
+    CLASSES,
     FINAL_WEIGHTS,
     PROJECTIONS,
     ImageRecord,
@@ -232,6 +235,23 @@ def score_column(targets: str, backbone: str = "resnet", phantoms: bool = False)
     return f"expected_{name}" + ("" if backbone == "resnet" else f"_{backbone}")
 
 
+def class_column(score: str) -> str:
+    """The column of the predicted classes that go with the expected-density column ``score``."""
+    return score.replace("expected_", "class_", 1)
+
+
+def class_agreement(table: pd.DataFrame, score: str) -> dict[str, float]:
+    """Accuracy and linear kappa of the predicted classes against MIAS' levels filed as
+    classes (F, G, D -> A, B, C); empty for a score without predicted classes (a baseline)."""
+    if not score.startswith("expected_") or class_column(score) not in table:
+        return {}
+    predicted, true = table[class_column(score)], table["class"]
+    return {
+        "accuracy": float((predicted == true).mean()),
+        "kappa_linear": cohen_kappa_score(true, predicted, labels=list(CLASSES), weights="linear"),
+    }
+
+
 def predict(model_path: Path, rows: pd.DataFrame) -> np.ndarray:
     from breastdensity.inference import load_model, predict_records
 
@@ -273,6 +293,7 @@ def main(argv=None) -> int:
         column = score_column(targets, args.backbone, phantoms=args.phantoms is not None)
         name = column.removeprefix("expected_")
         manifest[column] = np.nan
+        manifest[class_column(column)] = None
         for fold in range(args.folds):
             fold_root = args.work / name / f"fold{fold}"
             write_fold_data(manifest, fold, fold_root / "data")
@@ -280,6 +301,9 @@ def main(argv=None) -> int:
             held_out = manifest["fold"] == fold
             probabilities = predict(final, manifest[held_out])
             manifest.loc[held_out, column] = probabilities @ np.arange(probabilities.shape[1])
+            manifest.loc[held_out, class_column(column)] = np.asarray(CLASSES)[
+                probabilities.argmax(axis=1)
+            ]
             print(f"{name} fold {fold}: {scores(manifest[held_out], column)}", flush=True)
         columns.append(column)
     # Earlier runs' choices (other --targets, with or without --phantoms) stay in the tables.
@@ -290,6 +314,10 @@ def main(argv=None) -> int:
             if column.startswith("expected_") and column not in columns:
                 manifest[column] = manifest["file"].map(earlier[column])
                 columns.append(column)
+                if class_column(column) in earlier:
+                    manifest[class_column(column)] = manifest["file"].map(
+                        earlier[class_column(column)]
+                    )
     per_fold = [
         {"score": column, "fold": fold, **scores(manifest[manifest["fold"] == fold], column)}
         for column in columns
@@ -301,6 +329,7 @@ def main(argv=None) -> int:
             {
                 "score": column,
                 **scores(manifest, column),
+                **class_agreement(manifest, column),
                 **{
                     f"{k}_fold_mean": v
                     for k, v in pd.DataFrame(per_fold)
