@@ -276,8 +276,8 @@ def initialise_weights(model, source: Path) -> None:
             )
         raise DatasetError(
             f"--init-from: {source} does not fit the network being trained ({detail}); give "
-            "the models root of a run of this network (same --cardinality, 4 classes), or "
-            "train without --init-from"
+            "the models root of a run of this network (same --backbone and --cardinality, 4 "
+            "classes), or train without --init-from"
         )
     model.set_weights(donor.get_weights())
 
