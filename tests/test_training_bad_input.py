@@ -33,12 +33,17 @@ def tiny_model(image_size=64, num_classes=4, cardinality=1, bn_momentum=0.9):
     return keras.Model(inputs, keras.layers.Dense(num_classes, activation="softmax")(x))
 
 
+def use_tiny_model(monkeypatch):
+    # where Train_ResNet.py's network comes from: build_backbone builds the ResNet with it
+    import breastdensity.backbones
+
+    monkeypatch.setattr(breastdensity.backbones, "build_resnet", tiny_model)
+
+
 @pytest.fixture
 def small_network(monkeypatch):
     """Train_ResNet.py trains ``tiny_model`` instead of the ResNet."""
-    import breastdensity.network
-
-    monkeypatch.setattr(breastdensity.network, "build_resnet", tiny_model)
+    use_tiny_model(monkeypatch)
 
 
 def train_args(data_root, models_root, *extra):
@@ -452,9 +457,7 @@ class TestFullDisk:
         assert not list(folder.glob("*final_weights*"))
         assert (folder / "backup").is_dir()  # kept: the trained epochs are not lost
         monkeypatch.undo()
-        import breastdensity.network
-
-        monkeypatch.setattr(breastdensity.network, "build_resnet", tiny_model)
+        use_tiny_model(monkeypatch)
         assert Train_ResNet.main(train_args(data, tmp_path, "--epochs", "2", "--resume")) == 0
         assert (folder / "final_weights.keras").is_file() and not (folder / "backup").exists()
         assert pd.read_csv(folder / "history.csv")["epoch"].tolist() == [1, 2]
