@@ -42,7 +42,7 @@ from breastdensity.quiet import quiet_tensorflow
 
 REPO = Path(__file__).resolve().parents[1]
 MYPROJECT = REPO / "myproject"
-BACKBONES = ("resnet", "efficientnet", "vit-tiny")
+COMPARED = ("resnet", "efficientnet", "vit-tiny")  # the thesis' two and the reference
 IMAGE_SIZE = 128  # every backbone at the same side: what the CPU budget affords
 RECIPE = [
     "--img-size", str(IMAGE_SIZE), "--batch-size", "16", "--optimizer", "adam",
@@ -71,7 +71,7 @@ def parse_arguments(argv=None) -> argparse.Namespace:
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     parser.add_argument("--work", type=Path, default=REPO / "runs" / "backbones")
-    parser.add_argument("--backbones", nargs="+", default=list(BACKBONES))
+    parser.add_argument("--backbones", nargs="+", default=list(COMPARED))
     parser.add_argument(
         "--minutes", type=float, default=6.0, help="training time of each phantom network"
     )
@@ -96,8 +96,9 @@ def make_phantoms(work: Path) -> None:
             run(["Make_Phantoms.py", "--out", str(work / folder), "--size", "256", "208", *flags])
 
 
-def seconds_per_image(work: Path, backbone: str) -> float:
-    """Training seconds per image of ``backbone``, from the second epoch of a short run."""
+def calibrate(work: Path, backbone: str) -> tuple[float, int]:
+    """Training seconds per image of ``backbone``, from the second epoch of a short run, and
+    the number of training images of that run."""
     root = work / "calibration" / backbone
     history = root / "CC_R_model" / "history.csv"
     if not history.is_file():
@@ -108,7 +109,8 @@ def seconds_per_image(work: Path, backbone: str) -> float:
         )  # fmt: skip
     config = json.loads((root / "CC_R_model" / "training_config.json").read_text())
     # the second epoch: the first also traces the graph and fills the image cache
-    return float(pd.read_csv(history)["seconds"].iloc[1]) / config["train_images"]
+    images = config["train_images"]
+    return float(pd.read_csv(history)["seconds"].iloc[1]) / images, images
 
 
 def train_on_phantoms(work: Path, backbone: str, epochs: int) -> tuple[Path, float]:
@@ -124,14 +126,12 @@ def train_on_phantoms(work: Path, backbone: str, epochs: int) -> tuple[Path, flo
     return root, float(history["seconds"].sum()) / 60
 
 
-def map_scores(models_root: Path, data: Path, out: Path) -> tuple[dict[str, float], dict]:
+def map_scores(model, data: Path, out: Path) -> tuple[dict[str, float], dict]:
     """Grad-CAM of the predicted class (on a ViT also attention rollout and Chefer's relevance)
     and a random map against the true dense tissue of the CC_R phantoms."""
     from breastdensity.explain.methods import METHOD_NAMES, TRANSFORMER_METHODS, Explainer
     from breastdensity.explain.scoring import prepare_test_images, score_image
-    from breastdensity.inference import load_model
 
-    model = load_model(default_model_path(models_root, "CC_R"))
     explainer = Explainer(model)  # the layer the model file names
     methods = ["gradcam", *(m for m in TRANSFORMER_METHODS if explainer.supports(m)), "random"]
     images = prepare_test_images(
@@ -161,9 +161,10 @@ def mias_scores(args, backbone: str, models_root: Path, per_image: float) -> dic
     """Pooled held-out scores of the backbone's 5-fold MIAS cross-validation."""
     import mias_cv  # beside this file: the script's folder is on the import path
 
-    if mias_cv.find_mias(args.mias) is None:
+    mias = mias_cv.find_mias(args.mias)
+    if mias is None:
         return {}
-    films_per_fold = 216 * 4 / 5  # mini-MIAS: 216 films, 4 of 5 folds train
+    films_per_fold = len(list(mias.glob("*.pgm"))) * 4 / 5  # 4 of the 5 folds train
     epochs = max(1, round(args.fold_minutes * 60 / (per_image * films_per_fold)))
     work = args.work / "mias_cv"
     mias_cv.main(
@@ -245,13 +246,8 @@ def main(argv=None) -> int:
     make_phantoms(args.work)
     rows, shown = [], {}
     for backbone in args.backbones:
-        per_image = seconds_per_image(args.work, backbone)
-        config = json.loads(
-            (
-                args.work / "calibration" / backbone / "CC_R_model" / "training_config.json"
-            ).read_text()
-        )
-        epochs = max(1, round(args.minutes * 60 / (per_image * config["train_images"])))
+        per_image, images = calibrate(args.work, backbone)
+        epochs = max(1, round(args.minutes * 60 / (per_image * images)))
         models_root, minutes = train_on_phantoms(args.work, backbone, epochs)
         from breastdensity.inference import load_model
 
@@ -266,7 +262,7 @@ def main(argv=None) -> int:
             "phantom_minutes": minutes,
             **measure_goals.classification(models_root, args.work / "eval_screening", out),
         }
-        scores, maps = map_scores(models_root, args.work / "eval_cam", out)
+        scores, maps = map_scores(model, args.work / "eval_cam", out)
         row |= scores
         shown |= {f"{backbone}\n{method}": images for method, images in maps.items()}
         if not args.no_mias:
